@@ -1,0 +1,247 @@
+//! `lifeboat disk serve`: one raw image, one journal, one NBD export.
+//!
+//! Background duties (a 1 s ticker, run off the async threads): seal the active journal segment
+//! when it reaches its age limit, and advance the image's applied watermark every
+//! `--checkpoint-secs`. SIGUSR1 appends a crash-consistent checkpoint marker to the journal.
+//! SIGTERM / SIGINT: stop accepting, finish in-flight requests, make the journal and image
+//! durable, advance the watermark, remove the socket, exit 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use lifeboat_disk::{DiskOptions, JournaledDisk};
+use lifeboat_journal::{Journal, JournalConfig};
+use lifeboat_nbd::{BlockDevice, Export, Server, ServerConfig};
+use lifeboat_types::{CheckpointKind, DiskId, Epoch, VmId};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The raw disk image to serve (written in place).
+    #[arg(long)]
+    image: PathBuf,
+    /// The VM's write-journal directory (created if missing).
+    #[arg(long)]
+    journal: PathBuf,
+    /// Listen on this unix socket (e.g. for QEMU's `-blockdev driver=nbd`).
+    #[arg(long, conflicts_with = "listen", required_unless_present = "listen")]
+    socket: Option<PathBuf>,
+    /// Listen on this TCP address instead (loopback, e.g. 127.0.0.1:10809).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The VM id written into the journal (default: the image file's name).
+    #[arg(long)]
+    vm: Option<String>,
+    /// The NBD export name (the empty name also reaches it).
+    #[arg(long, default_value = "disk0")]
+    export: String,
+    /// Serve read-only (nothing is journaled).
+    #[arg(long)]
+    read_only: bool,
+    /// Replication epoch written into new journal segments.
+    #[arg(long, default_value_t = 1)]
+    epoch: u64,
+    /// Seal a journal segment when it reaches this many MiB.
+    #[arg(long, default_value_t = 64)]
+    segment_mib: u64,
+    /// Seal a journal segment after this many seconds.
+    #[arg(long, default_value_t = 10)]
+    segment_secs: u64,
+    /// Advance the image's applied watermark this often (seconds).
+    #[arg(long, default_value_t = 10)]
+    checkpoint_secs: u64,
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let vm = match &args.vm {
+        Some(v) => VmId::new(v.clone()).context("--vm")?,
+        None => default_vm_id(&args.image)?,
+    };
+    let mut jc = JournalConfig::new(vm.clone(), Epoch(args.epoch));
+    jc.segment_max_bytes = args.segment_mib.max(1) << 20;
+    jc.segment_max_age = Duration::from_secs(args.segment_secs.max(1));
+    let journal = Arc::new(
+        Journal::open(&args.journal, jc)
+            .with_context(|| format!("opening journal {}", args.journal.display()))?,
+    );
+    let disk = Arc::new(
+        JournaledDisk::open(
+            &args.image,
+            DiskId(0),
+            journal.clone(),
+            &args.journal,
+            DiskOptions {
+                read_only: args.read_only,
+            },
+        )
+        .with_context(|| format!("opening disk image {}", args.image.display()))?,
+    );
+    tracing::info!(
+        vm = %vm,
+        image = %args.image.display(),
+        size = disk.size(),
+        last_seq = journal.last_seq().0,
+        "disk ready"
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(serve(args, journal, disk))
+}
+
+fn default_vm_id(image: &std::path::Path) -> Result<VmId> {
+    let stem = image
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
+    let cleaned: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(VmId::MAX_LEN)
+        .collect();
+    VmId::new(cleaned).with_context(|| {
+        format!(
+            "cannot derive a VM id from image name {}: pass --vm",
+            image.display()
+        )
+    })
+}
+
+async fn serve(args: ServeArgs, journal: Arc<Journal>, disk: Arc<JournaledDisk>) -> Result<()> {
+    let server = Server::new(ServerConfig::default());
+    server
+        .add_export(Export::new(
+            args.export.clone(),
+            format!("lifeboat disk {}", args.image.display()),
+            disk.clone(),
+        ))
+        .context("adding the export")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+
+    let ticker = tokio::spawn(background(
+        journal.clone(),
+        disk.clone(),
+        Duration::from_secs(args.checkpoint_secs.max(1)),
+        stop_rx.clone(),
+    ));
+    let signals = tokio::spawn(signals(journal.clone(), stop_tx));
+
+    match (&args.socket, args.listen) {
+        (Some(path), _) => {
+            remove_stale_socket(path)?;
+            let listener = tokio::net::UnixListener::bind(path)
+                .with_context(|| format!("listening on unix socket {}", path.display()))?;
+            tracing::info!(socket = %path.display(), export = %args.export, "serving NBD");
+            server.serve_unix(listener, stop_rx).await;
+            let _ = std::fs::remove_file(path);
+        }
+        (None, Some(addr)) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr}"))?;
+            tracing::info!(%addr, export = %args.export, "serving NBD");
+            server.serve_tcp(listener, stop_rx).await;
+        }
+        (None, None) => bail!("give --socket PATH or --listen HOST:PORT"),
+    }
+    signals.abort();
+    let _ = ticker.await;
+    let d = disk.clone();
+    let seq = tokio::task::spawn_blocking(move || {
+        d.persist_applied()?;
+        anyhow::Ok(())
+    })
+    .await
+    .context("final checkpoint task")?;
+    seq.context("making the journal and image durable at shutdown")?;
+    tracing::info!(last_seq = journal.last_seq().0, "stopped cleanly");
+    Ok(())
+}
+
+/// Removes a socket file left by a killed server; refuses if a server still listens there.
+fn remove_stale_socket(path: &std::path::Path) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        bail!(
+            "unix socket {} is in use by a running server: stop it or choose another --socket",
+            path.display()
+        );
+    }
+    std::fs::remove_file(path)
+        .with_context(|| format!("removing stale unix socket {}", path.display()))
+}
+
+async fn signals(journal: Arc<Journal>, stop: tokio::sync::watch::Sender<bool>) -> Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = usr1.recv() => {
+                let j = journal.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    let seq = j.append_checkpoint(CheckpointKind::CrashConsistent, SystemTime::now())?;
+                    j.sync()?;
+                    Ok::<_, lifeboat_journal::JournalError>(seq)
+                }).await;
+                match r {
+                    Ok(Ok(seq)) => tracing::info!(seq = seq.0, "crash-consistent checkpoint appended"),
+                    Ok(Err(e)) => tracing::error!(error = %e, "checkpoint failed"),
+                    Err(e) => tracing::error!(error = %e, "checkpoint task failed"),
+                }
+            }
+        }
+    }
+    tracing::info!("stopping: finishing in-flight requests");
+    let _ = stop.send(true);
+    Ok(())
+}
+
+async fn background(
+    journal: Arc<Journal>,
+    disk: Arc<JournaledDisk>,
+    checkpoint_every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_checkpoint = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let (j, d) = (journal.clone(), disk.clone());
+        let due = last_checkpoint.elapsed() >= checkpoint_every;
+        let r = tokio::task::spawn_blocking(move || -> Result<bool> {
+            let sealed = j.seal_if_due().context("sealing the journal segment")?;
+            if due || sealed {
+                d.persist_applied()
+                    .context("advancing the applied watermark")?;
+            }
+            Ok(due || sealed)
+        })
+        .await;
+        match r {
+            Ok(Ok(true)) => last_checkpoint = Instant::now(),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "background duty failed"),
+            Err(e) => tracing::error!(error = %e, "background task failed"),
+        }
+    }
+}
