@@ -100,6 +100,7 @@
 //!
 //! [`MemDevice`] is an in-memory [`BlockDevice`] for tests, fuzzing and benchmarks.
 
+pub mod conformance;
 pub mod device;
 mod error;
 pub mod mem;

@@ -1,6 +1,5 @@
 //! The server against real NBD clients: nbdinfo, nbdcopy (libnbd), qemu-io and qemu-img.
-//! A test is skipped (with a message) when its tool is not installed, unless
-//! LIFEBOAT_REQUIRE_TOOLS is set.
+//! A missing tool fails the test with the package to install (`scripts/install-deps`).
 
 mod common;
 

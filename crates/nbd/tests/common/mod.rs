@@ -80,16 +80,9 @@ impl Drop for TestServer {
     }
 }
 
+/// The path of an external client; a missing tool fails the test (never a silent skip).
 pub fn path_of(tool: &str) -> Option<PathBuf> {
-    let p = Path::new("/usr/bin").join(tool);
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var_os("LIFEBOAT_REQUIRE_TOOLS").is_some() {
-        panic!("{tool} is required (LIFEBOAT_REQUIRE_TOOLS is set) but not installed");
-    }
-    eprintln!("skipping: {tool} is not installed");
-    None
+    Some(lifeboat_testkit::require_tool(tool))
 }
 
 pub struct RawClient {
