@@ -342,3 +342,33 @@ fn bad_config_gets_clear_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("fresh --journal directory"), "{err}");
 }
+
+#[test]
+fn loopback_tcp_listener_serves_nbdcopy() {
+    require_tool("nbdcopy");
+    let dir = tempdir();
+    let image = dir.path().join("vm.img");
+    sparse_image(&image, 4 * MIB);
+    let src = dir.path().join("src.img");
+    random_file(&src, (4 * MIB) as usize, 99);
+    let port = lifeboat_testkit::free_loopback_port();
+    let mut procs = Procs::new();
+    let mut cmd = Command::new(LIFEBOAT);
+    cmd.args(["disk", "serve", "--image"])
+        .arg(&image)
+        .arg("--journal")
+        .arg(dir.path().join("j"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stderr(std::process::Stdio::null());
+    let idx = procs.spawn(cmd);
+    lifeboat_testkit::wait_for_port(port, std::time::Duration::from_secs(30));
+    let uri = format!("nbd://127.0.0.1:{port}/disk0");
+    run_ok(Command::new("nbdcopy").arg(&src).arg(&uri));
+    let out = dir.path().join("out.img");
+    run_ok(Command::new("nbdcopy").arg(&uri).arg(&out));
+    assert_eq!(hash_file(&out), hash_file(&src));
+    procs.signal(idx, libc::SIGTERM);
+    let status = procs.wait_exit(idx, std::time::Duration::from_secs(30), "disk server");
+    assert!(status.success());
+    assert_eq!(hash_file(&image), hash_file(&src));
+}
