@@ -6,31 +6,10 @@ mod common;
 
 use std::process::Command;
 
-use common::{serve, sparse_image, stop, LIFEBOAT};
+use common::{serve, serve_command, serve_error, sparse_image, stop, TestDisk};
 use lifeboat_testkit::{hash_file, random_file, require_tool, run_ok, tempdir, Procs};
 
 const MIB: u64 = 1 << 20;
-
-/// Replays the journal onto `original` (a copy of the image before serving) and checks it equals
-/// the served image.
-fn assert_replay_reproduces(
-    original: &std::path::Path,
-    journal: &std::path::Path,
-    image: &std::path::Path,
-) {
-    run_ok(
-        Command::new(LIFEBOAT)
-            .args(["journal", "replay", "--journal"])
-            .arg(journal)
-            .arg("--image")
-            .arg(original),
-    );
-    assert_eq!(
-        hash_file(original),
-        hash_file(image),
-        "journal replay onto the original image differs from the served image"
-    );
-}
 
 #[test]
 fn nbdinfo_reports_size_flags_and_allocation_map() {
@@ -87,12 +66,8 @@ fn nbdinfo_reports_size_flags_and_allocation_map() {
 #[test]
 fn nbdcopy_in_and_out_round_trips_and_journal_replays() {
     require_tool("nbdcopy");
-    let dir = tempdir();
-    let image = dir.path().join("vm.img");
-    let original = dir.path().join("original.img");
-    let journal = dir.path().join("j");
-    sparse_image(&image, 24 * MIB);
-    sparse_image(&original, 24 * MIB);
+    let d = TestDisk::sparse(24 * MIB);
+    let dir = &d.dir;
     // Source: random data with a zero hole in the middle.
     let src = dir.path().join("src.img");
     random_file(&src, (24 * MIB) as usize, 42);
@@ -107,13 +82,7 @@ fn nbdcopy_in_and_out_round_trips_and_journal_replays() {
     ]));
 
     let mut procs = Procs::new();
-    let s = serve(
-        &mut procs,
-        dir.path(),
-        &image,
-        &journal,
-        &["--segment-mib", "4"],
-    );
+    let s = d.serve(&mut procs, &["--segment-mib", "4"]);
     run_ok(Command::new("nbdcopy").arg(&src).arg(s.uri()));
     let out = dir.path().join("out.img");
     run_ok(Command::new("nbdcopy").arg(s.uri()).arg(&out));
@@ -123,22 +92,22 @@ fn nbdcopy_in_and_out_round_trips_and_journal_replays() {
         "nbdcopy out != nbdcopy in"
     );
     stop(&mut procs, &s);
-    assert_eq!(hash_file(&image), hash_file(&src), "served image != source");
-    assert_replay_reproduces(&original, &journal, &image);
+    assert_eq!(
+        hash_file(&d.image),
+        hash_file(&src),
+        "served image != source"
+    );
+    d.assert_replay_reproduces();
 }
 
 #[test]
 fn qemu_io_writes_zeroes_discards_and_qemu_img_compares() {
     require_tool("qemu-io");
     require_tool("qemu-img");
-    let dir = tempdir();
-    let image = dir.path().join("vm.img");
-    let original = dir.path().join("original.img");
-    let journal = dir.path().join("j");
-    random_file(&image, (4 * MIB) as usize, 7);
-    std::fs::copy(&image, &original).unwrap();
+    let d = TestDisk::random(4 * MIB, 7);
+    let (dir, original) = (&d.dir, &d.original);
     let mut procs = Procs::new();
-    let s = serve(&mut procs, dir.path(), &image, &journal, &[]);
+    let s = d.serve(&mut procs, &[]);
 
     let out = run_ok(Command::new("qemu-io").args([
         "-f",
@@ -168,7 +137,7 @@ fn qemu_io_writes_zeroes_discards_and_qemu_img_compares() {
     );
 
     // The model: the original with the same changes applied.
-    let mut model = std::fs::read(&original).unwrap();
+    let mut model = std::fs::read(original).unwrap();
     model[..64 << 10].fill(0xab);
     model[64 << 10..192 << 10].fill(0);
     model[MIB as usize..MIB as usize + 4096].fill(0xcd);
@@ -189,7 +158,7 @@ fn qemu_io_writes_zeroes_discards_and_qemu_img_compares() {
     );
     let differs = Command::new("qemu-img")
         .args(["compare", "-q", "-f", "raw", "-F", "raw"])
-        .arg(&original)
+        .arg(original)
         .arg(s.uri())
         .status()
         .unwrap();
@@ -199,27 +168,16 @@ fn qemu_io_writes_zeroes_discards_and_qemu_img_compares() {
         "qemu-img compare must see the change"
     );
     stop(&mut procs, &s);
-    assert_eq!(hash_file(&image), hash_file(&model_path));
-    assert_replay_reproduces(&original, &journal, &image);
+    assert_eq!(hash_file(&d.image), hash_file(&model_path));
+    d.assert_replay_reproduces();
 }
 
 #[test]
 fn fio_nbd_engine_verifies_crc32c() {
     require_tool("fio");
-    let dir = tempdir();
-    let image = dir.path().join("vm.img");
-    let original = dir.path().join("original.img");
-    let journal = dir.path().join("j");
-    sparse_image(&image, 32 * MIB);
-    sparse_image(&original, 32 * MIB);
+    let d = TestDisk::sparse(32 * MIB);
     let mut procs = Procs::new();
-    let s = serve(
-        &mut procs,
-        dir.path(),
-        &image,
-        &journal,
-        &["--segment-mib", "2"],
-    );
+    let s = d.serve(&mut procs, &["--segment-mib", "2"]);
     let out = Command::new("fio")
         .args([
             "--name=verify",
@@ -258,7 +216,7 @@ fn fio_nbd_engine_verifies_crc32c() {
         "fio verified everything: {job}"
     );
     stop(&mut procs, &s);
-    assert_replay_reproduces(&original, &journal, &image);
+    d.assert_replay_reproduces();
 }
 
 #[test]
@@ -305,70 +263,51 @@ fn read_only_export_refuses_writes() {
 #[test]
 fn bad_config_gets_clear_errors() {
     let dir = tempdir();
-    let missing = dir.path().join("nope.img");
-    let out = Command::new(LIFEBOAT)
-        .args(["disk", "serve", "--image"])
-        .arg(&missing)
-        .arg("--journal")
-        .arg(dir.path().join("j"))
-        .arg("--socket")
-        .arg(dir.path().join("s"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_error(
+        &dir.path().join("nope.img"),
+        &dir.path().join("j"),
+        &dir.path().join("s"),
+    );
     assert!(
         err.contains("nope.img") && err.contains("No such file"),
         "{err}"
     );
 
-    // A journal directory that belongs to an image of another size.
-    let image = dir.path().join("a.img");
-    sparse_image(&image, MIB);
+    let d = TestDisk::sparse(MIB);
     let mut procs = Procs::new();
-    let s = serve(&mut procs, dir.path(), &image, &dir.path().join("j"), &[]);
+    let s = d.serve(&mut procs, &[]);
+    // A second server on the same journal while the first runs.
+    let err = serve_error(&d.image, &d.journal, &d.dir.path().join("s2"));
+    assert!(err.contains("journal"), "{err}");
     stop(&mut procs, &s);
-    sparse_image(&image, 2 * MIB);
-    let out = Command::new(LIFEBOAT)
-        .args(["disk", "serve", "--image"])
-        .arg(&image)
-        .arg("--journal")
-        .arg(dir.path().join("j"))
-        .arg("--socket")
-        .arg(dir.path().join("s2"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+
+    // A journal directory that belongs to an image of another size.
+    sparse_image(&d.image, 2 * MIB);
+    let err = serve_error(&d.image, &d.journal, &d.dir.path().join("s2"));
     assert!(err.contains("fresh --journal directory"), "{err}");
 }
 
 #[test]
 fn loopback_tcp_listener_serves_nbdcopy() {
     require_tool("nbdcopy");
-    let dir = tempdir();
-    let image = dir.path().join("vm.img");
-    sparse_image(&image, 4 * MIB);
-    let src = dir.path().join("src.img");
+    let d = TestDisk::sparse(4 * MIB);
+    let src = d.dir.path().join("src.img");
     random_file(&src, (4 * MIB) as usize, 99);
     let port = lifeboat_testkit::free_loopback_port();
     let mut procs = Procs::new();
-    let mut cmd = Command::new(LIFEBOAT);
-    cmd.args(["disk", "serve", "--image"])
-        .arg(&image)
-        .arg("--journal")
-        .arg(dir.path().join("j"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
+    let mut cmd = serve_command(&d.image, &d.journal);
+    cmd.args(["--listen", &format!("127.0.0.1:{port}")])
         .stderr(std::process::Stdio::null());
     let idx = procs.spawn(cmd);
     lifeboat_testkit::wait_for_port(port, std::time::Duration::from_secs(30));
     let uri = format!("nbd://127.0.0.1:{port}/disk0");
     run_ok(Command::new("nbdcopy").arg(&src).arg(&uri));
-    let out = dir.path().join("out.img");
+    let out = d.dir.path().join("out.img");
     run_ok(Command::new("nbdcopy").arg(&uri).arg(&out));
     assert_eq!(hash_file(&out), hash_file(&src));
     procs.signal(idx, libc::SIGTERM);
     let status = procs.wait_exit(idx, std::time::Duration::from_secs(30), "disk server");
     assert!(status.success());
-    assert_eq!(hash_file(&image), hash_file(&src));
+    assert_eq!(hash_file(&d.image), hash_file(&src));
+    d.assert_replay_reproduces();
 }

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{serve, sparse_image, stop, LIFEBOAT};
+use common::{serve, sparse_image, stop, TestDisk};
 use lifeboat_testkit::nbd_client::Client;
-use lifeboat_testkit::{hash_file, random_bytes, require_tool, run_ok, tempdir, wait_until, Procs};
+use lifeboat_testkit::{hash_file, random_bytes, require_tool, wait_until, Procs};
 
 const MIB: u64 = 1 << 20;
 const BLOCK: u64 = 4096;
@@ -20,19 +20,12 @@ const TRACKED_BASE: u64 = 32 * MIB;
 #[test]
 fn kill9_under_fio_load_loses_no_acknowledged_write() {
     require_tool("fio");
-    let dir = tempdir();
-    let image = dir.path().join("vm.img");
-    let original = dir.path().join("original.img");
-    let journal = dir.path().join("j");
-    sparse_image(&image, 64 * MIB);
-    sparse_image(&original, 64 * MIB);
+    let d = TestDisk::sparse(64 * MIB);
+    let (dir, image, journal) = (d.dir.path(), &d.image, &d.journal);
 
     let mut procs = Procs::new();
-    let s = serve(
+    let s = d.serve(
         &mut procs,
-        dir.path(),
-        &image,
-        &journal,
         &["--segment-mib", "1", "--checkpoint-secs", "1"],
     );
 
@@ -87,7 +80,7 @@ fn kill9_under_fio_load_loses_no_acknowledged_write() {
     assert!(flushed >= 2000 && acked >= flushed);
 
     // Restart: the journal is replayed onto the image.
-    let s2 = serve(&mut procs, dir.path(), &image, &journal, &[]);
+    let s2 = serve(&mut procs, dir, image, journal, &[]);
     let mut c = Client::connect(&s2.socket, "disk0").expect("connect after restart");
     let mut missing = Vec::new();
     for i in 0..acked {
@@ -112,28 +105,17 @@ fn kill9_under_fio_load_loses_no_acknowledged_write() {
     stop(&mut procs, &s2);
 
     // The image equals the replay of the whole journal onto the original image.
-    run_ok(
-        Command::new(LIFEBOAT)
-            .args(["journal", "replay", "--journal"])
-            .arg(&journal)
-            .arg("--image")
-            .arg(&original),
-    );
-    assert_eq!(
-        hash_file(&original),
-        hash_file(&image),
-        "journal replay != image"
-    );
+    d.assert_replay_reproduces();
 
     // The image is only written back lazily: the journal alone rebuilds it. Lose the image (back
     // to its original content) and its watermark; the next start replays every record.
-    let served = hash_file(&image);
-    sparse_image(&image, 64 * MIB);
+    let served = hash_file(image);
+    sparse_image(image, 64 * MIB);
     std::fs::remove_file(journal.join("applied-disk0")).expect("watermark file exists");
-    let s3 = serve(&mut procs, dir.path(), &image, &journal, &[]);
+    let s3 = serve(&mut procs, dir, image, journal, &[]);
     stop(&mut procs, &s3);
     assert_eq!(
-        hash_file(&image),
+        hash_file(image),
         served,
         "start-up replay did not rebuild the image"
     );

@@ -24,6 +24,30 @@ impl DiskServer {
     }
 }
 
+/// `lifeboat disk serve --image IMAGE --journal JOURNAL` (the listener still to add).
+pub fn serve_command(image: &Path, journal: &Path) -> Command {
+    let mut cmd = Command::new(LIFEBOAT);
+    cmd.args(["disk", "serve", "--image"])
+        .arg(image)
+        .arg("--journal")
+        .arg(journal);
+    cmd
+}
+
+/// Runs a disk server that must refuse to start; returns what it printed on stderr.
+pub fn serve_error(image: &Path, journal: &Path, socket: &Path) -> String {
+    let out = serve_command(image, journal)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .expect("run lifeboat");
+    assert!(
+        !out.status.success(),
+        "disk server should have refused to start"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Starts a disk server over `image` with journal `journal`, socket and log in `dir`.
 pub fn serve(
     procs: &mut Procs,
@@ -35,12 +59,8 @@ pub fn serve(
     let socket = dir.join("disk.sock");
     let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
     let log = dir.join(format!("server-{n}.log"));
-    let mut cmd = Command::new(LIFEBOAT);
-    cmd.args(["disk", "serve", "--image"])
-        .arg(image)
-        .arg("--journal")
-        .arg(journal)
-        .arg("--socket")
+    let mut cmd = serve_command(image, journal);
+    cmd.arg("--socket")
         .arg(&socket)
         .args(extra)
         .env("LIFEBOAT_LOG", "debug")
@@ -61,6 +81,65 @@ pub fn stop(procs: &mut Procs, s: &DiskServer) {
         status.success(),
         "disk server exited with {status}; log:\n{log}"
     );
+}
+
+/// A test's disk: an image, a copy of its original content, and a journal directory.
+pub struct TestDisk {
+    pub dir: tempfile::TempDir,
+    pub image: PathBuf,
+    pub original: PathBuf,
+    pub journal: PathBuf,
+}
+
+impl TestDisk {
+    /// A sparse (all-zero) image of `len` bytes.
+    pub fn sparse(len: u64) -> Self {
+        let d = Self::empty();
+        sparse_image(&d.image, len);
+        sparse_image(&d.original, len);
+        d
+    }
+
+    /// An image of `len` random bytes.
+    pub fn random(len: u64, seed: u64) -> Self {
+        let d = Self::empty();
+        lifeboat_testkit::random_file(&d.image, len as usize, seed);
+        std::fs::copy(&d.image, &d.original).expect("copy the original image");
+        d
+    }
+
+    fn empty() -> Self {
+        let dir = lifeboat_testkit::tempdir();
+        let p = dir.path().to_path_buf();
+        TestDisk {
+            image: p.join("vm.img"),
+            original: p.join("original.img"),
+            journal: p.join("j"),
+            dir,
+        }
+    }
+
+    /// Starts a disk server over this disk.
+    pub fn serve(&self, procs: &mut Procs, extra: &[&str]) -> DiskServer {
+        serve(procs, self.dir.path(), &self.image, &self.journal, extra)
+    }
+
+    /// Replays the whole journal onto the original image (with `lifeboat journal replay`) and
+    /// checks that it equals the served image, byte for byte.
+    pub fn assert_replay_reproduces(&self) {
+        lifeboat_testkit::run_ok(
+            Command::new(LIFEBOAT)
+                .args(["journal", "replay", "--journal"])
+                .arg(&self.journal)
+                .arg("--image")
+                .arg(&self.original),
+        );
+        assert_eq!(
+            lifeboat_testkit::hash_file(&self.original),
+            lifeboat_testkit::hash_file(&self.image),
+            "journal replay onto the original image differs from the served image"
+        );
+    }
 }
 
 /// Creates a sparse raw image of `len` bytes.
