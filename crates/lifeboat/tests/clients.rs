@@ -311,3 +311,36 @@ fn loopback_tcp_listener_serves_nbdcopy() {
     assert_eq!(hash_file(&d.image), hash_file(&src));
     d.assert_replay_reproduces();
 }
+
+#[test]
+fn sigusr1_appends_a_crash_consistent_checkpoint_after_the_writes() {
+    require_tool("qemu-io");
+    let d = TestDisk::sparse(MIB);
+    let mut procs = Procs::new();
+    let s = d.serve(&mut procs, &[]);
+    run_ok(Command::new("qemu-io").args(["-f", "raw", "-c", "write -P 0x11 0 8k", &s.uri()]));
+    let list = || {
+        let out = run_ok(
+            Command::new(common::LIFEBOAT)
+                .args(["journal", "list", "--journal"])
+                .arg(&d.journal),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        !list().contains("checkpoint"),
+        "no checkpoint before SIGUSR1"
+    );
+    procs.signal(s.idx, libc::SIGUSR1);
+    lifeboat_testkit::wait_until(
+        std::time::Duration::from_secs(30),
+        "a checkpoint record",
+        || list().contains("checkpoint"),
+    );
+    stop(&mut procs, &s);
+    let text = list();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "one write, then the checkpoint:\n{text}");
+    assert!(lines[0].starts_with("1\tWrite\tdisk 0\t0+8192"), "{text}");
+    assert_eq!(lines[1], "2\tcheckpoint\tcrash-consistent", "{text}");
+}
