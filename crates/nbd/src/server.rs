@@ -327,6 +327,12 @@ impl Server {
                 info!("NBD connection closed: client aborted the handshake (NBD_OPT_ABORT)");
                 return Ok(());
             }
+            // A client that hangs up before saying anything (a socket probe, a health check)
+            // is not worth a warning.
+            Err(e @ NbdError::HandshakeIo(_)) if client_hung_up(&e) => {
+                debug!("NBD connection dropped: {}", error_chain(&e));
+                return Err(e);
+            }
             Err(e) => {
                 warn!("NBD connection dropped: {}", error_chain(&e));
                 return Err(e);
@@ -614,4 +620,14 @@ impl std::fmt::Display for CloseReason {
             CloseReason::Shutdown => "server shutting down",
         })
     }
+}
+
+/// Whether a handshake error is just the client going away (EOF, reset, broken pipe).
+fn client_hung_up(e: &NbdError) -> bool {
+    matches!(e, NbdError::HandshakeIo(io) if matches!(
+        io.kind(),
+        std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::UnexpectedEof
+    ))
 }
