@@ -1,0 +1,407 @@
+//! The backend boundary: the few object operations the store needs, over `object_store`.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
+
+use crate::error::{Result, StoreError};
+
+/// How a put treats an existing object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Replace it (atomically: readers see the old or the new object, never a mix).
+    Overwrite,
+    /// Only create: if the key exists, nothing is written ([`PutOutcome::AlreadyExists`]).
+    Create,
+}
+
+/// What a put did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The object was written.
+    Written,
+    /// [`PutMode::Create`] found the key taken; the existing object is unchanged.
+    AlreadyExists,
+}
+
+/// An object's metadata, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Its key, relative to the store's root.
+    pub key: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was last written (the backend's clock).
+    pub last_modified: SystemTime,
+}
+
+/// The object operations the region store is built on. Keys are `/`-separated relative paths of
+/// `[A-Za-z0-9._-]` segments.
+#[async_trait]
+pub trait Backend: Send + Sync + fmt::Debug + 'static {
+    /// Writes a whole object atomically.
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<PutOutcome>;
+    /// Reads a whole object ([`StoreError::NotFound`] if absent).
+    async fn get(&self, key: &str) -> Result<Bytes>;
+    /// Reads a byte range of an object (the range must lie inside it).
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes>;
+    /// An object's metadata, or `None` if it does not exist.
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>>;
+    /// Every object whose key starts with `prefix/` (recursively), in no particular order.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+    /// Deletes an object; deleting an absent object succeeds.
+    async fn delete(&self, key: &str) -> Result<()>;
+    /// A human description (for logs).
+    fn describe(&self) -> String;
+}
+
+/// [`Backend`] over any `object_store` implementation, with an optional key prefix.
+///
+/// Atomicity: `LocalFileSystem` writes every put to a staging file `<key>#<n>` and publishes it
+/// with `rename(2)` (overwrite) or `link(2)` (create, which fails if the key exists), so readers
+/// never see a partial object and a create never replaces one; staging files left by a crash
+/// are ignored by listings. With `fsync` the file and its directory are synced before the put
+/// returns. `InMemory` swaps whole objects under a lock. S3 and Azure puts are atomic by the
+/// services' contracts, and both support create-only puts (`If-None-Match: *`).
+#[derive(Debug, Clone)]
+pub struct ObjectBackend {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+}
+
+impl ObjectBackend {
+    /// Wraps a store; `prefix` (may be empty) is prepended to every key.
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str) -> Self {
+        ObjectBackend {
+            store,
+            prefix: prefix.trim_matches('/').to_string(),
+        }
+    }
+
+    fn path(&self, key: &str) -> ObjPath {
+        if self.prefix.is_empty() {
+            ObjPath::from(key)
+        } else {
+            ObjPath::from(format!("{}/{}", self.prefix, key))
+        }
+    }
+
+    fn strip(&self, p: &ObjPath) -> String {
+        let s = p.as_ref();
+        if self.prefix.is_empty() {
+            s.to_string()
+        } else {
+            s.strip_prefix(&self.prefix)
+                .map(|r| r.trim_start_matches('/'))
+                .unwrap_or(s)
+                .to_string()
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for ObjectBackend {
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<PutOutcome> {
+        let opts = PutOptions {
+            mode: match mode {
+                PutMode::Overwrite => object_store::PutMode::Overwrite,
+                PutMode::Create => object_store::PutMode::Create,
+            },
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&self.path(key), PutPayload::from_bytes(data), opts)
+            .await
+        {
+            Ok(_) => Ok(PutOutcome::Written),
+            Err(object_store::Error::AlreadyExists { .. }) if mode == PutMode::Create => {
+                Ok(PutOutcome::AlreadyExists)
+            }
+            Err(e) => Err(StoreError::backend("put", key, e)),
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes> {
+        let r = self
+            .store
+            .get(&self.path(key))
+            .await
+            .map_err(|e| StoreError::backend("get", key, e))?;
+        r.bytes()
+            .await
+            .map_err(|e| StoreError::backend("get", key, e))
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        self.store
+            .get_range(&self.path(key), range)
+            .await
+            .map_err(|e| StoreError::backend("get_range", key, e))
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>> {
+        match self.store.head(&self.path(key)).await {
+            Ok(m) => Ok(Some(ObjectInfo {
+                key: key.to_string(),
+                size: m.size,
+                last_modified: SystemTime::from(m.last_modified),
+            })),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(StoreError::backend("head", key, e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let p = self.path(prefix.trim_end_matches('/'));
+        let metas: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&p))
+            .try_collect()
+            .await
+            .map_err(|e| StoreError::backend("list", prefix, e))?;
+        Ok(metas
+            .into_iter()
+            .map(|m| ObjectInfo {
+                key: self.strip(&m.location),
+                size: m.size,
+                last_modified: SystemTime::from(m.last_modified),
+            })
+            .collect())
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        match self.store.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(StoreError::backend("delete", key, e)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        if self.prefix.is_empty() {
+            self.store.to_string()
+        } else {
+            format!("{}/{}", self.store, self.prefix)
+        }
+    }
+}
+
+/// Options for opening a store URL.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenOptions {
+    /// Local directories: fsync every object and its directory before a put returns
+    /// (default on: the shipper deletes its spool once the store has a segment).
+    pub fsync: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions { fsync: true }
+    }
+}
+
+/// Opens a backend from a URL: a plain path or `file:///abs/path` (a local directory, created
+/// if missing), `memory://` (a fresh in-memory store), `s3://bucket/prefix` (feature `s3`,
+/// credentials and region from the `AWS_*` environment), `az://container/prefix` (feature
+/// `azure`, account and key from the `AZURE_*` environment).
+pub fn open_url(url: &str, opts: OpenOptions) -> Result<Arc<dyn Backend>> {
+    let bad = |reason: &str| StoreError::InvalidUrl {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    if url == "memory://" || url == "memory:" {
+        let s: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        return Ok(Arc::new(ObjectBackend::new(s, "")));
+    }
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = split_bucket(rest).ok_or_else(|| bad("no bucket name"))?;
+        return open_s3(url, bucket, prefix);
+    }
+    if let Some(rest) = url.strip_prefix("az://") {
+        let (container, prefix) = split_bucket(rest).ok_or_else(|| bad("no container name"))?;
+        return open_azure(url, container, prefix);
+    }
+    let path = if let Some(rest) = url.strip_prefix("file://") {
+        if !rest.starts_with('/') {
+            return Err(bad("a file URL needs an absolute path: file:///abs/path"));
+        }
+        rest
+    } else if url.contains("://") {
+        return Err(bad(
+            "unknown scheme: use a path, file://, memory://, s3:// or az://",
+        ));
+    } else {
+        url
+    };
+    if path.is_empty() {
+        return Err(bad("empty path"));
+    }
+    std::fs::create_dir_all(path).map_err(|source| StoreError::CreateDir {
+        path: path.to_string(),
+        source,
+    })?;
+    let fs = object_store::local::LocalFileSystem::new_with_prefix(path)
+        .map_err(|e| StoreError::backend("open", path, e))?
+        .with_fsync(opts.fsync);
+    Ok(Arc::new(ObjectBackend::new(Arc::new(fs), "")))
+}
+
+fn split_bucket(rest: &str) -> Option<(&str, &str)> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        None
+    } else {
+        Some((bucket, prefix))
+    }
+}
+
+#[cfg(feature = "s3")]
+fn open_s3(url: &str, bucket: &str, prefix: &str) -> Result<Arc<dyn Backend>> {
+    let s = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .build()
+        .map_err(|e| StoreError::backend("open", url, e))?;
+    Ok(Arc::new(ObjectBackend::new(Arc::new(s), prefix)))
+}
+
+#[cfg(not(feature = "s3"))]
+fn open_s3(url: &str, _bucket: &str, _prefix: &str) -> Result<Arc<dyn Backend>> {
+    Err(StoreError::FeatureMissing {
+        url: url.to_string(),
+        feature: "s3",
+    })
+}
+
+#[cfg(feature = "azure")]
+fn open_azure(url: &str, container: &str, prefix: &str) -> Result<Arc<dyn Backend>> {
+    let s = object_store::azure::MicrosoftAzureBuilder::from_env()
+        .with_container_name(container)
+        .build()
+        .map_err(|e| StoreError::backend("open", url, e))?;
+    Ok(Arc::new(ObjectBackend::new(Arc::new(s), prefix)))
+}
+
+#[cfg(not(feature = "azure"))]
+fn open_azure(url: &str, _container: &str, _prefix: &str) -> Result<Arc<dyn Backend>> {
+    Err(StoreError::FeatureMissing {
+        url: url.to_string(),
+        feature: "azure",
+    })
+}
+
+/// The conformance suite every [`Backend`] must pass; run by the tests against the local
+/// directory and the in-memory store (and later against S3/Azure emulators).
+pub mod conformance {
+    use super::*;
+
+    fn check(cond: bool, what: &str) -> Result<(), String> {
+        if cond {
+            Ok(())
+        } else {
+            Err(format!("backend conformance: {what}"))
+        }
+    }
+
+    /// Runs every check against an empty backend; `Err` says which property failed.
+    pub async fn run(b: &dyn Backend) -> Result<(), String> {
+        let e = |e: StoreError| format!("backend conformance: unexpected error: {e}");
+        // Absent objects.
+        check(
+            b.head("c/none").await.map_err(e)?.is_none(),
+            "head of absent",
+        )?;
+        check(
+            matches!(b.get("c/none").await, Err(StoreError::NotFound { .. })),
+            "get of absent is NotFound",
+        )?;
+        check(b.delete("c/none").await.is_ok(), "delete of absent is Ok")?;
+        check(b.list("c").await.map_err(e)?.is_empty(), "empty listing")?;
+
+        // Put, get, head, range.
+        let data = Bytes::from((0..1000u32).map(|i| (i * 7) as u8).collect::<Vec<u8>>());
+        let w = b.put("c/a/x1", data.clone(), PutMode::Overwrite).await;
+        check(w.map_err(e)? == PutOutcome::Written, "put writes")?;
+        check(
+            b.get("c/a/x1").await.map_err(e)? == data,
+            "get returns bytes",
+        )?;
+        let h = b.head("c/a/x1").await.map_err(e)?;
+        check(h.as_ref().map(|h| h.size) == Some(1000), "head size")?;
+        let age = h
+            .and_then(|h| SystemTime::now().duration_since(h.last_modified).ok())
+            .map(|d| d.as_secs());
+        check(age.is_some_and(|a| a < 3600), "last_modified is recent")?;
+        let r = b.get_range("c/a/x1", 10..20).await.map_err(e)?;
+        check(r[..] == data[10..20], "get_range returns the range")?;
+
+        // Create-only.
+        let other = Bytes::from_static(b"other");
+        let c = b.put("c/a/x1", other.clone(), PutMode::Create).await;
+        check(
+            c.map_err(e)? == PutOutcome::AlreadyExists,
+            "create on existing",
+        )?;
+        check(
+            b.get("c/a/x1").await.map_err(e)? == data,
+            "create leaves existing",
+        )?;
+        let c = b.put("c/b/y", other.clone(), PutMode::Create).await;
+        check(c.map_err(e)? == PutOutcome::Written, "create on absent")?;
+        // Overwrite replaces whole.
+        b.put("c/a/x1", other.clone(), PutMode::Overwrite)
+            .await
+            .map_err(e)?;
+        check(
+            b.get("c/a/x1").await.map_err(e)? == other,
+            "overwrite replaces",
+        )?;
+        // Empty objects.
+        b.put("c/empty", Bytes::new(), PutMode::Overwrite)
+            .await
+            .map_err(e)?;
+        check(
+            b.get("c/empty").await.map_err(e)?.is_empty(),
+            "empty object",
+        )?;
+
+        // Listing: recursive, prefix is a path prefix (not a string prefix).
+        b.put("cc/z", other.clone(), PutMode::Overwrite)
+            .await
+            .map_err(e)?;
+        let mut keys: Vec<String> = b
+            .list("c")
+            .await
+            .map_err(e)?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        keys.sort();
+        check(
+            keys == ["c/a/x1", "c/b/y", "c/empty"],
+            &format!("recursive listing, got {keys:?}"),
+        )?;
+        let sub = b.list("c/a").await.map_err(e)?;
+        check(
+            sub.len() == 1 && sub[0].key == "c/a/x1" && sub[0].size == 5,
+            "sub-listing",
+        )?;
+
+        // Delete.
+        b.delete("c/a/x1").await.map_err(e)?;
+        check(b.head("c/a/x1").await.map_err(e)?.is_none(), "deleted")?;
+        check(
+            b.list("c/a").await.map_err(e)?.is_empty(),
+            "deleted listing",
+        )?;
+        let c = b.put("c/a/x1", data.clone(), PutMode::Create).await;
+        check(c.map_err(e)? == PutOutcome::Written, "create after delete")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,573 @@
+//! [`Store`]: objects, points, segments and epochs.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use lifeboat_types::{CheckpointKind, DiskId, Epoch, Seq, VmId};
+
+use crate::backend::{open_url, Backend, OpenOptions, PutMode, PutOutcome};
+use crate::error::{FormatError, Result, StoreError};
+use crate::format::{
+    self, chunk_key, decode_chunk, decode_json, decode_page, decode_root, page_key, root_key,
+    Entry, EpochRecord, ObjectId, PointRecord, Root, EPOCH_FORMAT, POINT_FORMAT,
+};
+use crate::reader::DiskReader;
+use crate::writer::PointWriter;
+
+/// Default chunk size: 4 MiB (see the measurement in the crate doc).
+pub const DEFAULT_CHUNK_SIZE: u32 = 4 << 20;
+/// Default entries per index page.
+pub const DEFAULT_PAGE_ENTRIES: u32 = 1024;
+
+/// Tunables of a [`Store`].
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Chunk size of disks created by writers (existing disks keep theirs). Default 4 MiB.
+    pub chunk_size: u32,
+    /// Entries per index page for new disks. Default 1024.
+    pub page_entries: u32,
+    /// zstd level for chunks (1..=3 recommended). Default 1.
+    pub zstd_level: i32,
+    /// GC never deletes an object younger than this. Default 1 h.
+    pub gc_grace: Duration,
+    /// A writer lease not refreshed for this long is dead. Default 1 h.
+    pub lease_ttl: Duration,
+    /// Decoded chunks a [`DiskReader`] keeps. Default 16.
+    pub reader_cache_chunks: usize,
+    /// Local directories: fsync each object before a put returns. Default on.
+    pub fsync: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            page_entries: DEFAULT_PAGE_ENTRIES,
+            zstd_level: 1,
+            gc_grace: Duration::from_secs(3600),
+            lease_ttl: Duration::from_secs(3600),
+            reader_cache_chunks: 16,
+            fsync: true,
+        }
+    }
+}
+
+/// Whether [`Store::put_segment`] stored the segment or already had it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentPut {
+    /// Newly stored.
+    Stored,
+    /// The identical segment was already stored; nothing changed.
+    AlreadyStored,
+}
+
+/// A stored journal segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentRef {
+    /// Its first record's sequence number.
+    pub first_seq: Seq,
+    /// Its last record's sequence number.
+    pub last_seq: Seq,
+    /// Its object key.
+    pub key: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// A region's recovery-point store (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) config: Arc<StoreConfig>,
+}
+
+/// `vms/<vm>/points/<id>.json`
+pub fn point_key(vm: &VmId, id: &str) -> String {
+    format!("vms/{vm}/points/{id}.json")
+}
+/// `vms/<vm>/segments/<first:020>-<last:020>.lbj`
+pub fn segment_key(vm: &VmId, first: Seq, last: Seq) -> String {
+    format!("vms/{vm}/segments/{:020}-{:020}.lbj", first.0, last.0)
+}
+/// `vms/<vm>/epoch`
+pub fn epoch_key(vm: &VmId) -> String {
+    format!("vms/{vm}/epoch")
+}
+/// `vms/<vm>/writer-lease`
+pub fn lease_key(vm: &VmId) -> String {
+    format!("vms/{vm}/writer-lease")
+}
+
+/// A point id: `<seq:020>-crash` or `<seq:020>-app` (sorts by journal position).
+pub fn point_id(seq: Seq, kind: CheckpointKind) -> String {
+    format!("{:020}-{}", seq.0, kind_suffix(kind))
+}
+
+fn kind_suffix(kind: CheckpointKind) -> &'static str {
+    match kind {
+        CheckpointKind::CrashConsistent => "crash",
+        CheckpointKind::AppConsistent => "app",
+    }
+}
+
+/// Parses `vms/<vm>/segments/<first>-<last>.lbj` file names.
+pub(crate) fn parse_segment_name(name: &str) -> Option<(Seq, Seq)> {
+    let stem = name.strip_suffix(".lbj")?;
+    let (a, b) = stem.split_once('-')?;
+    if a.len() != 20 || b.len() != 20 {
+        return None;
+    }
+    Some((Seq(a.parse().ok()?), Seq(b.parse().ok()?)))
+}
+
+/// Nanoseconds since 1970 (0 before it).
+pub(crate) fn to_ns(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl PointRecord {
+    /// The point's consistency.
+    pub fn checkpoint_kind(&self) -> Option<CheckpointKind> {
+        match self.kind.as_str() {
+            "crash-consistent" => Some(CheckpointKind::CrashConsistent),
+            "app-consistent" => Some(CheckpointKind::AppConsistent),
+            _ => None,
+        }
+    }
+    /// When it was cut.
+    pub fn time(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(self.time_ns)
+    }
+    /// Its journal position.
+    pub fn seq(&self) -> Seq {
+        Seq(self.seq)
+    }
+    /// Its epoch.
+    pub fn epoch(&self) -> Epoch {
+        Epoch(self.epoch)
+    }
+    /// One of its disks.
+    pub fn disk(&self, disk: DiskId) -> Option<&format::PointDisk> {
+        self.disks.iter().find(|d| d.disk == disk.0)
+    }
+    /// "N of M disks".
+    pub fn disks_summary(&self) -> String {
+        format!("{} of {} disks", self.disks.len(), self.disks_total)
+    }
+}
+
+impl Store {
+    /// A store over a backend.
+    pub fn new(backend: Arc<dyn Backend>, config: StoreConfig) -> Result<Self> {
+        format::check_geometry(config.chunk_size, config.page_entries)
+            .map_err(|e| StoreError::InvalidArgument(format!("store configuration: {e}")))?;
+        Ok(Store {
+            backend,
+            config: Arc::new(config),
+        })
+    }
+
+    /// Opens a store URL (see [`open_url`]) with the default configuration.
+    pub fn open(url: &str) -> Result<Self> {
+        Self::open_with(url, StoreConfig::default())
+    }
+
+    /// Opens a store URL with a configuration.
+    pub fn open_with(url: &str, config: StoreConfig) -> Result<Self> {
+        let b = open_url(
+            url,
+            OpenOptions {
+                fsync: config.fsync,
+            },
+        )?;
+        Self::new(b, config)
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// Reads, decodes and verifies a chunk (at most `limit` bytes of plain data).
+    pub async fn get_chunk(&self, id: &ObjectId, limit: usize) -> Result<Vec<u8>> {
+        let key = chunk_key(id);
+        let obj = self.backend.get(&key).await?;
+        let id = *id;
+        // Decompression and hashing are CPU work: keep them off the async workers.
+        tokio::task::spawn_blocking(move || decode_chunk(&obj, &id, limit))
+            .await
+            .map_err(|e| StoreError::corrupt(&key, FormatError::Json(e.to_string())))?
+            .map_err(|p| StoreError::corrupt(key, p))
+    }
+
+    /// Reads and verifies an index page.
+    pub async fn get_page(&self, id: &ObjectId) -> Result<Vec<Entry>> {
+        let key = page_key(id);
+        let obj = self.backend.get(&key).await?;
+        check_id(&key, id, &obj)?;
+        decode_page(&obj).map_err(|p| StoreError::corrupt(key, p))
+    }
+
+    /// Reads and verifies a root manifest.
+    pub async fn get_root(&self, id: &ObjectId) -> Result<Root> {
+        let key = root_key(id);
+        let obj = self.backend.get(&key).await?;
+        check_id(&key, id, &obj)?;
+        decode_root(&obj).map_err(|p| StoreError::corrupt(key, p))
+    }
+
+    /// Ids of a VM's points, oldest first.
+    pub async fn list_point_ids(&self, vm: &VmId) -> Result<Vec<String>> {
+        let prefix = format!("vms/{vm}/points");
+        let mut ids: Vec<String> = self
+            .backend
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|o| {
+                let name = o.key.strip_prefix(&prefix)?.strip_prefix('/')?;
+                name.strip_suffix(".json").map(str::to_string)
+            })
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// A VM's points, oldest first.
+    pub async fn list_points(&self, vm: &VmId) -> Result<Vec<PointRecord>> {
+        let mut out = Vec::new();
+        for id in self.list_point_ids(vm).await? {
+            out.push(self.get_point(vm, &id).await?);
+        }
+        Ok(out)
+    }
+
+    /// One point.
+    pub async fn get_point(&self, vm: &VmId, id: &str) -> Result<PointRecord> {
+        let key = point_key(vm, id);
+        let obj = match self.backend.get(&key).await {
+            Err(StoreError::NotFound { .. }) => {
+                return Err(StoreError::PointNotFound {
+                    vm: vm.clone(),
+                    id: id.to_string(),
+                })
+            }
+            r => r?,
+        };
+        decode_point(&key, vm, id, &obj)
+    }
+
+    /// The newest point ("latest processed"), if any.
+    pub async fn latest_point(&self, vm: &VmId) -> Result<Option<PointRecord>> {
+        match self.list_point_ids(vm).await?.last() {
+            Some(id) => Ok(Some(self.get_point(vm, id).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The newest point of a kind, if any.
+    pub async fn latest_point_of_kind(
+        &self,
+        vm: &VmId,
+        kind: CheckpointKind,
+    ) -> Result<Option<PointRecord>> {
+        let suffix = format!("-{}", kind_suffix(kind));
+        let ids = self.list_point_ids(vm).await?;
+        match ids.iter().rev().find(|id| id.ends_with(&suffix)) {
+            Some(id) => Ok(Some(self.get_point(vm, id).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Deletes a point's record; its data goes at the next [`Store::gc`].
+    pub async fn delete_point(&self, vm: &VmId, id: &str) -> Result<()> {
+        let key = point_key(vm, id);
+        if self.backend.head(&key).await?.is_none() {
+            return Err(StoreError::PointNotFound {
+                vm: vm.clone(),
+                id: id.to_string(),
+            });
+        }
+        self.backend.delete(&key).await
+    }
+
+    /// Every VM with objects in the store.
+    pub async fn list_vms(&self) -> Result<Vec<VmId>> {
+        let mut vms: Vec<VmId> = self
+            .backend
+            .list("vms")
+            .await?
+            .into_iter()
+            .filter_map(|o| VmId::new(o.key.split('/').nth(1)?).ok())
+            .collect();
+        vms.sort();
+        vms.dedup();
+        Ok(vms)
+    }
+
+    /// Starts a point of `vm`, from `base` (its disks as they are in that point) or from no disk.
+    /// One writer per VM at a time.
+    pub async fn point_writer(&self, vm: &VmId, base: Option<&PointRecord>) -> Result<PointWriter> {
+        PointWriter::start(self.clone(), vm.clone(), base).await
+    }
+
+    /// A random-access reader of one disk of a point.
+    pub async fn disk_reader(&self, point: &PointRecord, disk: DiskId) -> Result<DiskReader> {
+        let d = point.disk(disk).ok_or_else(|| StoreError::NoSuchDisk {
+            vm: point.vm.clone(),
+            id: point.id.clone(),
+            disk,
+        })?;
+        let root = self.get_root(&d.root).await?;
+        if root.disk_size != d.size {
+            return Err(StoreError::corrupt(
+                root_key(&d.root),
+                FormatError::Invalid {
+                    field: "disk size (point record disagrees)",
+                    value: root.disk_size.to_string(),
+                },
+            ));
+        }
+        Ok(DiskReader::new(self.clone(), d.root, root))
+    }
+
+    // ---- segments and epochs ----
+
+    /// The highest epoch the store has seen for a VM (`Epoch(0)` if none).
+    pub async fn epoch(&self, vm: &VmId) -> Result<Epoch> {
+        let key = epoch_key(vm);
+        match self.backend.get(&key).await {
+            Ok(obj) => {
+                let r: EpochRecord =
+                    decode_json(&obj, EPOCH_FORMAT, |r: &EpochRecord| (&r.format, r.version))
+                        .map_err(|p| StoreError::corrupt(&key, p))?;
+                Ok(Epoch(r.epoch))
+            }
+            Err(StoreError::NotFound { .. }) => Ok(Epoch(0)),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn write_epoch(&self, vm: &VmId, epoch: Epoch) -> Result<()> {
+        let rec = EpochRecord {
+            format: EPOCH_FORMAT.to_string(),
+            version: 1,
+            epoch: epoch.0,
+        };
+        let body = serde_json::to_vec_pretty(&rec)
+            .map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
+        self.backend
+            .put(&epoch_key(vm), Bytes::from(body), PutMode::Overwrite)
+            .await?;
+        Ok(())
+    }
+
+    /// Raises a VM's epoch (failover). Lowering it is refused; the same epoch is a no-op.
+    pub async fn bump_epoch(&self, vm: &VmId, new: Epoch) -> Result<()> {
+        let current = self.epoch(vm).await?;
+        if new < current {
+            return Err(StoreError::EpochRegression {
+                vm: vm.clone(),
+                current,
+                requested: new,
+            });
+        }
+        if new > current {
+            self.write_epoch(vm, new).await?;
+        }
+        Ok(())
+    }
+
+    /// Stores a sealed journal segment, after checking it (see the crate doc: idempotent,
+    /// fenced by epoch).
+    pub async fn put_segment(
+        &self,
+        vm: &VmId,
+        epoch: Epoch,
+        first_seq: Seq,
+        last_seq: Seq,
+        bytes: Bytes,
+    ) -> Result<SegmentPut> {
+        let key = segment_key(vm, first_seq, last_seq);
+        let mismatch = |reason: String| StoreError::SegmentMismatch {
+            vm: vm.clone(),
+            key: key.clone(),
+            reason,
+        };
+        let (header, records) = check_segment_bytes(vm, &key, &bytes)?;
+        if header.vm != *vm {
+            return Err(mismatch(format!("its header names VM {}", header.vm)));
+        }
+        if header.epoch != epoch {
+            return Err(mismatch(format!(
+                "its header has {}, not {epoch}",
+                header.epoch
+            )));
+        }
+        if header.first_seq != first_seq {
+            return Err(mismatch(format!(
+                "it starts at {}, not {first_seq}",
+                header.first_seq
+            )));
+        }
+        let last = records
+            .last()
+            .map(|r| r.seq)
+            .unwrap_or(Seq(first_seq.0.saturating_sub(1)));
+        if last != last_seq {
+            return Err(mismatch(format!("it ends at {last}, not {last_seq}")));
+        }
+        let store_epoch = self.epoch(vm).await?;
+        if epoch < store_epoch {
+            return Err(StoreError::Fenced {
+                vm: vm.clone(),
+                segment_epoch: epoch,
+                store_epoch,
+            });
+        }
+        if epoch > store_epoch {
+            self.write_epoch(vm, epoch).await?;
+        }
+        match self
+            .backend
+            .put(&key, bytes.clone(), PutMode::Create)
+            .await?
+        {
+            PutOutcome::Written => {
+                // A failover may have raised the epoch while we wrote: take our segment back.
+                let now = self.epoch(vm).await?;
+                if now > epoch {
+                    self.backend.delete(&key).await?;
+                    return Err(StoreError::Fenced {
+                        vm: vm.clone(),
+                        segment_epoch: epoch,
+                        store_epoch: now,
+                    });
+                }
+                Ok(SegmentPut::Stored)
+            }
+            PutOutcome::AlreadyExists => {
+                let existing = self.backend.get(&key).await?;
+                if existing == bytes {
+                    Ok(SegmentPut::AlreadyStored)
+                } else {
+                    Err(StoreError::SegmentConflict { key })
+                }
+            }
+        }
+    }
+
+    /// A VM's stored segments, in sequence order.
+    pub async fn list_segments(&self, vm: &VmId) -> Result<Vec<SegmentRef>> {
+        let prefix = format!("vms/{vm}/segments");
+        let mut out: Vec<SegmentRef> = Vec::new();
+        for o in self.backend.list(&prefix).await? {
+            let name = o.key.rsplit('/').next().unwrap_or("");
+            match parse_segment_name(name) {
+                Some((first_seq, last_seq)) => out.push(SegmentRef {
+                    first_seq,
+                    last_seq,
+                    key: o.key,
+                    size: o.size,
+                }),
+                None => tracing::warn!(key = %o.key, "ignoring an object that is not a segment"),
+            }
+        }
+        out.sort_by_key(|s| (s.first_seq, s.last_seq));
+        Ok(out)
+    }
+
+    /// Reads a segment and checks it (parses, and its header matches its key).
+    pub async fn get_segment(&self, vm: &VmId, seg: &SegmentRef) -> Result<Bytes> {
+        let bytes = self.backend.get(&seg.key).await?;
+        let (h, records) = check_segment_bytes(vm, &seg.key, &bytes)?;
+        let last = records
+            .last()
+            .map(|r| r.seq)
+            .unwrap_or(Seq(h.first_seq.0.saturating_sub(1)));
+        if h.vm != *vm || h.first_seq != seg.first_seq || last != seg.last_seq {
+            return Err(StoreError::SegmentMismatch {
+                vm: vm.clone(),
+                key: seg.key.clone(),
+                reason: format!("its content is VM {} {}..={}", h.vm, h.first_seq, last),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Deletes every segment whose last record is at or before `seq`; returns how many.
+    pub async fn delete_segments_through(&self, vm: &VmId, seq: Seq) -> Result<usize> {
+        let mut n = 0;
+        for s in self.list_segments(vm).await? {
+            if s.last_seq <= seq {
+                self.backend.delete(&s.key).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+pub(crate) fn check_segment_bytes(
+    vm: &VmId,
+    key: &str,
+    bytes: &[u8],
+) -> Result<(
+    lifeboat_journal::SegmentHeader,
+    Vec<lifeboat_journal::Record>,
+)> {
+    lifeboat_journal::parse_segment(bytes).map_err(|source| StoreError::InvalidSegment {
+        vm: vm.clone(),
+        key: key.to_string(),
+        source,
+    })
+}
+
+pub(crate) fn check_id(key: &str, id: &ObjectId, obj: &[u8]) -> Result<()> {
+    let actual = ObjectId::of(obj);
+    if actual != *id {
+        return Err(StoreError::corrupt(
+            key,
+            FormatError::HashMismatch {
+                expected: id.to_hex(),
+                actual: actual.to_hex(),
+            },
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn decode_point(key: &str, vm: &VmId, id: &str, obj: &[u8]) -> Result<PointRecord> {
+    let p: PointRecord = decode_json(obj, POINT_FORMAT, |r: &PointRecord| (&r.format, r.version))
+        .map_err(|e| StoreError::corrupt(key, e))?;
+    let bad = |field: &'static str, value: &str| {
+        StoreError::corrupt(
+            key,
+            FormatError::Invalid {
+                field,
+                value: value.to_string(),
+            },
+        )
+    };
+    if p.vm != vm.as_str() {
+        return Err(bad("point VM", &p.vm));
+    }
+    if p.id != id {
+        return Err(bad("point id", &p.id));
+    }
+    let Some(kind) = p.checkpoint_kind() else {
+        return Err(bad("point kind", &p.kind));
+    };
+    if point_id(Seq(p.seq), kind) != p.id {
+        return Err(bad("point id (does not match seq and kind)", &p.id));
+    }
+    Ok(p)
+}

@@ -1,0 +1,400 @@
+//! [`PointWriter`]: builds a recovery point from a previous one by changing chunks.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use lifeboat_types::{CheckpointKind, DiskId, Epoch, Seq, VmId};
+
+use crate::backend::{PutMode, PutOutcome};
+use crate::error::{FormatError, Result, StoreError};
+use crate::format::{
+    chunk_key, encode_chunk, encode_page, encode_root, is_zero, page_key, root_key, Entry,
+    LeaseRecord, ObjectId, PointDisk, PointRecord, Root, LEASE_FORMAT, POINT_FORMAT,
+};
+use crate::store::{lease_key, point_id, point_key, to_ns, Store};
+
+/// What a committed point is (the rest of its record comes from the writer).
+#[derive(Debug, Clone, Copy)]
+pub struct PointMeta {
+    /// Journal position: the point is the state after every record up to this one.
+    pub seq: Seq,
+    /// The replication epoch.
+    pub epoch: Epoch,
+    /// Crash- or app-consistent.
+    pub kind: CheckpointKind,
+    /// When the point was cut.
+    pub time: SystemTime,
+    /// How many disks the VM had at that time (`None`: the number of disks in the point).
+    pub disks_total: Option<u32>,
+}
+
+struct DiskState {
+    root: Root,
+    /// Pages read (and maybe changed) by this writer, by page index.
+    loaded: HashMap<usize, Vec<Entry>>,
+    dirty: HashSet<usize>,
+}
+
+/// Builds one point: start from a base point's disks (or none), change chunks, commit.
+///
+/// Chunks are stored as they are set; index pages, roots and the point record at
+/// [`PointWriter::commit`], in that order. Only the pages that hold a changed chunk are
+/// rewritten. A writer that is dropped without committing leaves only unreferenced objects,
+/// which GC removes once they are older than its grace period.
+pub struct PointWriter {
+    store: Store,
+    vm: VmId,
+    started: SystemTime,
+    lease_refreshed: Instant,
+    base_roots: Vec<ObjectId>,
+    disks: BTreeMap<u32, DiskState>,
+    /// Encoded pages to store at commit (new disks' zero pages), by id.
+    pending_pages: HashMap<ObjectId, Vec<u8>>,
+    new_chunks: u64,
+    new_bytes: u64,
+}
+
+impl PointWriter {
+    pub(crate) async fn start(store: Store, vm: VmId, base: Option<&PointRecord>) -> Result<Self> {
+        let mut disks = BTreeMap::new();
+        let mut base_roots = Vec::new();
+        if let Some(b) = base {
+            if b.vm != vm.as_str() {
+                return Err(StoreError::InvalidArgument(format!(
+                    "base point {} belongs to VM {}, not {vm}",
+                    b.id, b.vm
+                )));
+            }
+            for d in &b.disks {
+                let root = store.get_root(&d.root).await?;
+                base_roots.push(d.root);
+                disks.insert(
+                    d.disk,
+                    DiskState {
+                        root,
+                        loaded: HashMap::new(),
+                        dirty: HashSet::new(),
+                    },
+                );
+            }
+        }
+        let mut w = PointWriter {
+            store,
+            vm,
+            started: SystemTime::now(),
+            lease_refreshed: Instant::now(),
+            base_roots,
+            disks,
+            pending_pages: HashMap::new(),
+            new_chunks: 0,
+            new_bytes: 0,
+        };
+        w.put_lease().await?;
+        Ok(w)
+    }
+
+    async fn put_lease(&mut self) -> Result<()> {
+        let rec = LeaseRecord {
+            format: LEASE_FORMAT.to_string(),
+            version: 1,
+            started_ns: to_ns(self.started),
+            base_roots: self.base_roots.clone(),
+        };
+        let body =
+            serde_json::to_vec(&rec).map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
+        self.store
+            .backend
+            .put(&lease_key(&self.vm), Bytes::from(body), PutMode::Overwrite)
+            .await?;
+        self.lease_refreshed = Instant::now();
+        Ok(())
+    }
+
+    async fn refresh_lease_if_due(&mut self) -> Result<()> {
+        if self.lease_refreshed.elapsed() >= self.store.config.lease_ttl / 4 {
+            self.put_lease().await?;
+        }
+        Ok(())
+    }
+
+    /// Objects modified since this time are protected by this writer's lease (see the GC
+    /// argument in the crate doc).
+    fn fresh_since(&self) -> SystemTime {
+        self.started
+            .checked_sub(crate::gc::CLOCK_MARGIN)
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+
+    /// The VM.
+    pub fn vm(&self) -> &VmId {
+        &self.vm
+    }
+
+    /// The disks of the point being built, with their sizes.
+    pub fn disks(&self) -> Vec<(DiskId, u64)> {
+        self.disks
+            .iter()
+            .map(|(d, s)| (DiskId(*d), s.root.disk_size))
+            .collect()
+    }
+
+    /// Chunk size of a disk.
+    pub fn chunk_size(&self, disk: DiskId) -> Option<u32> {
+        self.disks.get(&disk.0).map(|d| d.root.chunk_size)
+    }
+
+    /// Adds a disk of `size` bytes, all zeroes, with the store's chunk size.
+    pub fn add_disk(&mut self, disk: DiskId, size: u64) -> Result<()> {
+        if self.disks.contains_key(&disk.0) {
+            return Err(StoreError::InvalidArgument(format!(
+                "{disk} is already in the point being written for VM {}",
+                self.vm
+            )));
+        }
+        if size == 0 {
+            return Err(StoreError::InvalidArgument(format!("{disk} has size 0")));
+        }
+        let chunk_size = self.store.config.chunk_size;
+        let page_entries = self.store.config.page_entries;
+        let mut root = Root {
+            disk_size: size,
+            chunk_size,
+            page_entries,
+            pages: Vec::new(),
+        };
+        let pages = crate::format::page_count(size, chunk_size, page_entries).unwrap_or(0) as usize;
+        let mut ids: HashMap<usize, ObjectId> = HashMap::new();
+        for p in 0..pages {
+            let n = root.entries_in_page(p);
+            let id = match ids.get(&n) {
+                Some(id) => *id,
+                None => {
+                    let bytes = encode_page(&vec![Entry::Zero; n]);
+                    let id = ObjectId::of(&bytes);
+                    self.pending_pages.insert(id, bytes);
+                    ids.insert(n, id);
+                    id
+                }
+            };
+            root.pages.push(id);
+        }
+        self.disks.insert(
+            disk.0,
+            DiskState {
+                root,
+                loaded: HashMap::new(),
+                dirty: HashSet::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Sets chunk `index` of `disk` to `data` (exactly the chunk's length: the chunk size, or
+    /// less for the disk's last chunk). Zero data becomes a zero entry; other data is stored
+    /// unless the store has it. Returns whether the chunk changed.
+    pub async fn set_chunk(&mut self, disk: DiskId, index: u64, data: &[u8]) -> Result<bool> {
+        self.refresh_lease_if_due().await?;
+        let vm = self.vm.clone();
+        let d = self.disks.get(&disk.0).ok_or_else(|| {
+            StoreError::InvalidArgument(format!(
+                "{disk} is not in the point being written for VM {vm}"
+            ))
+        })?;
+        if index >= d.root.chunk_count() {
+            return Err(StoreError::InvalidArgument(format!(
+                "chunk {index} is past the end of {disk} of VM {vm} ({} chunks)",
+                d.root.chunk_count()
+            )));
+        }
+        let want = d.root.chunk_len(index);
+        if data.len() != want {
+            return Err(StoreError::InvalidArgument(format!(
+                "chunk {index} of {disk} of VM {vm} is {want} bytes, not {}",
+                data.len()
+            )));
+        }
+        let entry = if is_zero(data) {
+            Entry::Zero
+        } else {
+            Entry::Chunk(ObjectId::of(data))
+        };
+        let page = (index / d.root.page_entries as u64) as usize;
+        let slot = (index % d.root.page_entries as u64) as usize;
+        self.load_page(disk.0, page).await?;
+        let current = self
+            .disks
+            .get(&disk.0)
+            .and_then(|d| d.loaded.get(&page))
+            .and_then(|p| p.get(slot).copied());
+        if current == Some(entry) {
+            return Ok(false);
+        }
+        if let Entry::Chunk(id) = entry {
+            self.store_chunk(&id, data).await?;
+        }
+        if let Some(d) = self.disks.get_mut(&disk.0) {
+            if let Some(p) = d.loaded.get_mut(&page) {
+                if let Some(e) = p.get_mut(slot) {
+                    *e = entry;
+                }
+            }
+            d.dirty.insert(page);
+        }
+        Ok(true)
+    }
+
+    async fn load_page(&mut self, disk: u32, page: usize) -> Result<()> {
+        let Some(d) = self.disks.get(&disk) else {
+            return Ok(());
+        };
+        if d.loaded.contains_key(&page) {
+            return Ok(());
+        }
+        let id = d.root.pages[page];
+        let want = d.root.entries_in_page(page);
+        let entries = match self.pending_pages.get(&id) {
+            Some(bytes) => crate::format::decode_page(bytes)
+                .map_err(|p| StoreError::corrupt(page_key(&id), p))?,
+            None => self.store.get_page(&id).await?,
+        };
+        if entries.len() != want {
+            return Err(StoreError::corrupt(
+                page_key(&id),
+                FormatError::Invalid {
+                    field: "page entry count (for its disk)",
+                    value: entries.len().to_string(),
+                },
+            ));
+        }
+        if let Some(d) = self.disks.get_mut(&disk) {
+            d.loaded.insert(page, entries);
+        }
+        Ok(())
+    }
+
+    /// Stores a content-addressed object unless present; an existing object older than this
+    /// writer is rewritten (same bytes) so that its age protects it from GC (crate doc).
+    async fn put_addressed(
+        &self,
+        key: &str,
+        make: impl FnOnce() -> Vec<u8>,
+    ) -> Result<Option<u64>> {
+        match self.store.backend.head(key).await? {
+            Some(info) if info.last_modified >= self.fresh_since() => Ok(None),
+            Some(_) => {
+                let body = make();
+                self.store
+                    .backend
+                    .put(key, Bytes::from(body), PutMode::Overwrite)
+                    .await?;
+                Ok(None)
+            }
+            None => {
+                let body = make();
+                let len = body.len() as u64;
+                match self
+                    .store
+                    .backend
+                    .put(key, Bytes::from(body), PutMode::Create)
+                    .await?
+                {
+                    PutOutcome::Written => Ok(Some(len)),
+                    PutOutcome::AlreadyExists => Ok(None),
+                }
+            }
+        }
+    }
+
+    async fn store_chunk(&mut self, id: &ObjectId, data: &[u8]) -> Result<()> {
+        let level = self.store.config.zstd_level;
+        let key = chunk_key(id);
+        if let Some(n) = self
+            .put_addressed(&key, || encode_chunk(data, id, level))
+            .await?
+        {
+            self.new_chunks += 1;
+            self.new_bytes += n;
+        }
+        Ok(())
+    }
+
+    /// Stores the changed index pages, the roots, and last the point record (create-only).
+    pub async fn commit(mut self, meta: PointMeta) -> Result<PointRecord> {
+        self.refresh_lease_if_due().await?;
+        let id = point_id(meta.seq, meta.kind);
+        // 1. Index pages (chunks were stored by set_chunk).
+        let mut pages: HashMap<ObjectId, Vec<u8>> = std::mem::take(&mut self.pending_pages);
+        for d in self.disks.values_mut() {
+            for p in d.dirty.drain() {
+                if let Some(entries) = d.loaded.get(&p) {
+                    let bytes = encode_page(entries);
+                    let pid = ObjectId::of(&bytes);
+                    d.root.pages[p] = pid;
+                    pages.insert(pid, bytes);
+                }
+            }
+        }
+        let used: HashSet<ObjectId> = self
+            .disks
+            .values()
+            .flat_map(|d| d.root.pages.iter().copied())
+            .collect();
+        for (pid, bytes) in pages {
+            if used.contains(&pid) {
+                self.put_addressed(&page_key(&pid), || bytes).await?;
+            }
+        }
+        // 2. Roots.
+        let mut disks = Vec::new();
+        for (n, d) in &self.disks {
+            let bytes = encode_root(&d.root);
+            let rid = ObjectId::of(&bytes);
+            self.put_addressed(&root_key(&rid), || bytes).await?;
+            disks.push(PointDisk {
+                disk: *n,
+                root: rid,
+                size: d.root.disk_size,
+            });
+        }
+        // 3. The record, last: create-only, so a point is never replaced.
+        let rec = PointRecord {
+            format: POINT_FORMAT.to_string(),
+            version: 1,
+            id: id.clone(),
+            vm: self.vm.to_string(),
+            time_ns: to_ns(meta.time),
+            kind: meta.kind.to_string(),
+            seq: meta.seq.0,
+            epoch: meta.epoch.0,
+            disks_total: meta.disks_total.unwrap_or(disks.len() as u32),
+            disks,
+            new_chunks: self.new_chunks,
+            new_bytes: self.new_bytes,
+        };
+        let body = serde_json::to_vec_pretty(&rec)
+            .map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
+        let key = point_key(&self.vm, &id);
+        match self
+            .store
+            .backend
+            .put(&key, Bytes::from(body), PutMode::Create)
+            .await?
+        {
+            PutOutcome::Written => {}
+            PutOutcome::AlreadyExists => {
+                return Err(StoreError::PointExists {
+                    vm: self.vm.clone(),
+                    id,
+                })
+            }
+        }
+        self.store.backend.delete(&lease_key(&self.vm)).await?;
+        Ok(rec)
+    }
+
+    /// Gives up the point: releases the lease (objects already stored are left to GC).
+    pub async fn abort(self) -> Result<()> {
+        self.store.backend.delete(&lease_key(&self.vm)).await
+    }
+}

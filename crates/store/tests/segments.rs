@@ -1,0 +1,201 @@
+//! Journal segments: validation, idempotence, fencing.
+
+mod common;
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use common::*;
+use lifeboat_journal::{encode_segment, Record, SegmentHeader};
+use lifeboat_store::{SegmentPut, StoreError};
+use lifeboat_types::{DiskId, Epoch, RecordKind, Seq, VmId};
+
+fn segment(vm: &VmId, epoch: u64, first: u64, n: u64) -> Bytes {
+    let h = SegmentHeader {
+        vm: vm.clone(),
+        epoch: Epoch(epoch),
+        first_seq: Seq(first),
+        created: SystemTime::now(),
+    };
+    let records: Vec<Record> = (0..n)
+        .map(|i| Record {
+            seq: Seq(first + i),
+            disk: DiskId(0),
+            kind: RecordKind::Write,
+            offset: i * 4096,
+            length: 8,
+            data: vec![i as u8; 8],
+            checkpoint: None,
+        })
+        .collect();
+    Bytes::from(encode_segment(&h, &records).unwrap())
+}
+
+#[tokio::test]
+async fn segments_are_checked_idempotent_and_fenced() {
+    let store = memory_store();
+    let v = vm("vm1");
+    let s1 = segment(&v, 1, 1, 10);
+    let put = |first, last, e, b: Bytes| {
+        let store = store.clone();
+        let v = v.clone();
+        async move {
+            store
+                .put_segment(&v, Epoch(e), Seq(first), Seq(last), b)
+                .await
+        }
+    };
+    assert_eq!(put(1, 10, 1, s1.clone()).await.unwrap(), SegmentPut::Stored);
+    assert_eq!(
+        put(1, 10, 1, s1.clone()).await.unwrap(),
+        SegmentPut::AlreadyStored
+    );
+    assert_eq!(store.epoch(&v).await.unwrap(), Epoch(1));
+    let segs = store.list_segments(&v).await.unwrap();
+    assert_eq!(segs.len(), 1);
+    assert_eq!(
+        segs[0].key,
+        "vms/vm1/segments/00000000000000000001-00000000000000000010.lbj"
+    );
+    assert_eq!(store.get_segment(&v, &segs[0]).await.unwrap(), s1);
+
+    // Mismatches with what the caller says.
+    let e = put(1, 11, 1, s1.clone()).await.unwrap_err();
+    assert!(e.to_string().contains("ends at #10"), "{e}");
+    let e = put(2, 10, 1, s1.clone()).await.unwrap_err();
+    assert!(matches!(e, StoreError::SegmentMismatch { .. }), "{e}");
+    let e = put(1, 10, 2, s1.clone()).await.unwrap_err();
+    assert!(e.to_string().contains("epoch 1, not epoch 2"), "{e}");
+    let e = store
+        .put_segment(&vm("other"), Epoch(1), Seq(1), Seq(10), s1.clone())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("names VM vm1"), "{e}");
+    // Damaged or unsealed bytes.
+    let mut bad = s1.to_vec();
+    bad[200] ^= 1;
+    let e = put(1, 10, 1, Bytes::from(bad)).await.unwrap_err();
+    assert!(matches!(e, StoreError::InvalidSegment { .. }), "{e}");
+    let e = put(1, 10, 1, s1.slice(..s1.len() - 32)).await.unwrap_err();
+    assert!(matches!(e, StoreError::InvalidSegment { .. }), "{e}");
+    // Same key, different content.
+    let mut other_rec = segment(&v, 1, 1, 10).to_vec();
+    other_rec.truncate(0);
+    let h = SegmentHeader {
+        vm: v.clone(),
+        epoch: Epoch(1),
+        first_seq: Seq(1),
+        created: SystemTime::UNIX_EPOCH,
+    };
+    let recs: Vec<Record> = (0..10)
+        .map(|i| Record {
+            seq: Seq(1 + i),
+            disk: DiskId(0),
+            kind: RecordKind::Zero,
+            offset: 0,
+            length: 512,
+            data: vec![],
+            checkpoint: None,
+        })
+        .collect();
+    let different = Bytes::from(encode_segment(&h, &recs).unwrap());
+    let e = put(1, 10, 1, different).await.unwrap_err();
+    assert!(matches!(e, StoreError::SegmentConflict { .. }), "{e}");
+
+    // More segments; a newer epoch raises the store's.
+    assert_eq!(
+        put(11, 20, 1, segment(&v, 1, 11, 10)).await.unwrap(),
+        SegmentPut::Stored
+    );
+    assert_eq!(
+        put(21, 25, 2, segment(&v, 2, 21, 5)).await.unwrap(),
+        SegmentPut::Stored
+    );
+    assert_eq!(store.epoch(&v).await.unwrap(), Epoch(2));
+    // Fenced: the old primary comes back with epoch 1.
+    let e = put(26, 30, 1, segment(&v, 1, 26, 5)).await.unwrap_err();
+    match &e {
+        StoreError::Fenced {
+            vm,
+            segment_epoch,
+            store_epoch,
+        } => {
+            assert_eq!((vm, *segment_epoch, *store_epoch), (&v, Epoch(1), Epoch(2)));
+        }
+        other => panic!("{other}"),
+    }
+    assert!(e.to_string().contains("failed over"), "{e}");
+    assert!(e.to_string().contains("must stop replicating"), "{e}");
+    // Even a retry of a segment it already stored is refused now.
+    assert!(matches!(
+        put(1, 10, 1, s1.clone()).await.unwrap_err(),
+        StoreError::Fenced { .. }
+    ));
+    assert_eq!(store.list_segments(&v).await.unwrap().len(), 3);
+
+    // Failover bumps; lowering is refused.
+    store.bump_epoch(&v, Epoch(3)).await.unwrap();
+    store.bump_epoch(&v, Epoch(3)).await.unwrap();
+    assert!(matches!(
+        store.bump_epoch(&v, Epoch(2)).await.unwrap_err(),
+        StoreError::EpochRegression { .. }
+    ));
+    assert!(matches!(
+        put(26, 30, 2, segment(&v, 2, 26, 5)).await.unwrap_err(),
+        StoreError::Fenced { .. }
+    ));
+
+    // Deleting through a sequence number removes whole segments only.
+    assert_eq!(store.delete_segments_through(&v, Seq(15)).await.unwrap(), 1);
+    let left: Vec<(u64, u64)> = store
+        .list_segments(&v)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| (s.first_seq.0, s.last_seq.0))
+        .collect();
+    assert_eq!(left, [(11, 20), (21, 25)]);
+    assert!(store.verify().await.unwrap().is_ok());
+
+    // A damaged stored segment: get refuses, verify names it.
+    let segs = store.list_segments(&v).await.unwrap();
+    let mut b = store.backend().get(&segs[0].key).await.unwrap().to_vec();
+    b[150] ^= 0x10;
+    store
+        .backend()
+        .put(
+            &segs[0].key,
+            Bytes::from(b),
+            lifeboat_store::PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    let e = store.get_segment(&v, &segs[0]).await.unwrap_err();
+    assert!(e.to_string().contains(&segs[0].key), "{e}");
+    let rep = store.verify().await.unwrap();
+    assert_eq!(rep.bad.len(), 1);
+    assert_eq!(rep.bad[0].key, segs[0].key);
+}
+
+#[tokio::test]
+async fn segments_on_a_local_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = local_store(dir.path());
+    let v = vm("vm-a");
+    let s = segment(&v, 4, 100, 3);
+    let r = store
+        .put_segment(&v, Epoch(4), Seq(100), Seq(102), s.clone())
+        .await;
+    assert_eq!(r.unwrap(), SegmentPut::Stored);
+    let r = store
+        .put_segment(&v, Epoch(4), Seq(100), Seq(102), s.clone())
+        .await;
+    assert_eq!(r.unwrap(), SegmentPut::AlreadyStored);
+    let path = dir
+        .path()
+        .join("vms/vm-a/segments/00000000000000000100-00000000000000000102.lbj");
+    assert_eq!(std::fs::read(path).unwrap(), s.to_vec());
+    // Reopening the same directory sees the epoch.
+    let again = local_store(dir.path());
+    assert_eq!(again.epoch(&v).await.unwrap(), Epoch(4));
+}
