@@ -1,0 +1,268 @@
+//! The whole path, for real: random writes, zeroes, trims and checkpoints go through the real
+//! journal, the shipper and a real local-directory store; the processor cuts points; every point
+//! read back equals a model disk replayed to exactly that point's journal position.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use lifeboat_journal::{Journal, JournalConfig};
+use lifeboat_process::{Cut, ProcessError, Processor};
+use lifeboat_ship::Shipper;
+use lifeboat_store::{Store, StoreConfig};
+use lifeboat_types::{CheckpointKind, DiskId, Epoch, Seq, VmId};
+use proptest::prelude::*;
+
+const DISK: usize = 1 << 20;
+const CHUNK: u32 = 64 << 10;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Write {
+        disk: u32,
+        offset: usize,
+        len: usize,
+        seed: u8,
+    },
+    Zero {
+        disk: u32,
+        offset: usize,
+        len: usize,
+    },
+    Trim {
+        disk: u32,
+        offset: usize,
+        len: usize,
+    },
+    Checkpoint {
+        app: bool,
+    },
+    Seal,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0u32..2, 0..DISK, 1usize..200_000, any::<u8>()).prop_map(|(disk, offset, len, seed)| Op::Write {
+            disk,
+            offset,
+            len: len.min(DISK - offset).max(1),
+            seed
+        }),
+        1 => (0u32..2, 0..DISK, 1usize..300_000).prop_map(|(disk, offset, len)| Op::Zero {
+            disk,
+            offset,
+            len: len.min(DISK - offset).max(1)
+        }),
+        1 => (0u32..2, 0..DISK, 1usize..300_000).prop_map(|(disk, offset, len)| Op::Trim {
+            disk,
+            offset,
+            len: len.min(DISK - offset).max(1)
+        }),
+        2 => any::<bool>().prop_map(|app| Op::Checkpoint { app }),
+        1 => Just(Op::Seal),
+    ]
+}
+
+fn vm() -> VmId {
+    VmId::new("db-1").unwrap()
+}
+
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(13) ^ seed)
+        .collect()
+}
+
+async fn read_disk(store: &Store, point: &lifeboat_store::PointRecord, disk: u32) -> Vec<u8> {
+    let r = store.disk_reader(point, DiskId(disk)).await.unwrap();
+    let mut buf = vec![0u8; r.size() as usize];
+    let n = r.read_at(0, &mut buf).await.unwrap();
+    assert_eq!(n, buf.len());
+    buf
+}
+
+async fn run(ops: Vec<Op>, base_content: [u8; 2]) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(
+        dir.path().join("store").to_str().unwrap(),
+        StoreConfig {
+            chunk_size: CHUNK,
+            page_entries: 4,
+            fsync: false,
+            ..StoreConfig::default()
+        },
+    )
+    .unwrap();
+    // The primary's disks before protection, seeded as the first point at position 0.
+    let mut model: Vec<Vec<u8>> = base_content.iter().map(|b| vec![*b; DISK]).collect();
+    let imgs: Vec<_> = (0..2)
+        .map(|d| {
+            let p = dir.path().join(format!("disk{d}.img"));
+            std::fs::write(&p, &model[d]).unwrap();
+            p
+        })
+        .collect();
+    let processor = Processor::new(store.clone(), vm());
+    processor
+        .seed(
+            &[(DiskId(0), &imgs[0]), (DiskId(1), &imgs[1])],
+            Seq(0),
+            Epoch(1),
+            SystemTime::now(),
+        )
+        .await
+        .unwrap();
+
+    let mut jc = JournalConfig::new(vm(), Epoch(1));
+    jc.segment_max_bytes = 256 << 10;
+    let journal = Arc::new(Journal::open(&dir.path().join("journal"), jc).unwrap());
+    let shipper = Shipper::new(vm(), journal.clone(), store.clone());
+    // The model at every checkpoint, by its sequence number.
+    let mut expected = Vec::new();
+    for op in ops {
+        match op {
+            Op::Write {
+                disk,
+                offset,
+                len,
+                seed,
+            } => {
+                let d = data(len, seed);
+                journal
+                    .append_write(DiskId(disk), offset as u64, &d)
+                    .unwrap();
+                model[disk as usize][offset..offset + len].copy_from_slice(&d);
+            }
+            Op::Zero { disk, offset, len } => {
+                journal
+                    .append_zero(DiskId(disk), offset as u64, len as u64)
+                    .unwrap();
+                model[disk as usize][offset..offset + len].fill(0);
+            }
+            Op::Trim { disk, offset, len } => {
+                journal
+                    .append_trim(DiskId(disk), offset as u64, len as u64)
+                    .unwrap();
+                model[disk as usize][offset..offset + len].fill(0);
+            }
+            Op::Checkpoint { app } => {
+                let kind = if app {
+                    CheckpointKind::AppConsistent
+                } else {
+                    CheckpointKind::CrashConsistent
+                };
+                let t = SystemTime::UNIX_EPOCH
+                    + Duration::from_secs(1_800_000_000 + expected.len() as u64);
+                let seq = journal.append_checkpoint(kind, t).unwrap();
+                expected.push((seq, kind, t, model.clone()));
+            }
+            Op::Seal => {
+                journal.seal().unwrap();
+                // Ship and process part-way: processing resumes from the newest point.
+                shipper.ship_once(journal.last_seq()).await.unwrap();
+                processor.process(Cut::AtMarkers).await.unwrap();
+            }
+        }
+    }
+    journal.seal().unwrap();
+    shipper.ship_once(journal.last_seq()).await.unwrap();
+    let report = processor.process(Cut::Latest).await.unwrap();
+    let last = journal.last_seq();
+
+    let points = store.list_points(&vm()).await.unwrap();
+    for (seq, kind, time, disks) in &expected {
+        let p = points
+            .iter()
+            .find(|p| p.seq() == *seq)
+            .unwrap_or_else(|| panic!("no point at checkpoint {seq}"));
+        assert_eq!(p.checkpoint_kind(), Some(*kind), "kind of point {}", p.id);
+        assert_eq!(p.time(), *time, "time of point {}", p.id);
+        for d in 0..2u32 {
+            assert!(
+                read_disk(&store, p, d).await == disks[d as usize],
+                "point {} disk {d} differs from the model",
+                p.id
+            );
+        }
+    }
+    // "Latest": a point at the last record, equal to the final model.
+    let latest = store.latest_point(&vm()).await.unwrap().unwrap();
+    assert_eq!(latest.seq(), last.max(latest.seq()));
+    if last > expected.last().map(|e| e.0).unwrap_or(Seq(0)) {
+        assert_eq!(
+            latest.seq(),
+            last,
+            "latest point not at the last record: {report:?}"
+        );
+    }
+    for d in 0..2u32 {
+        assert!(
+            read_disk(&store, &latest, d).await == model[d as usize],
+            "latest point disk {d} differs"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
+    #[test]
+    fn every_point_equals_the_model_at_its_position(ops in prop::collection::vec(op(), 1..60), a in any::<u8>(), b in any::<u8>()) {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run(ops, [a, b]));
+    }
+}
+
+#[tokio::test]
+async fn a_hole_in_the_stored_journal_stops_processing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store").to_str().unwrap()).unwrap();
+    let img = dir.path().join("d.img");
+    std::fs::write(&img, vec![0u8; DISK]).unwrap();
+    let p = Processor::new(store.clone(), vm());
+    p.seed(&[(DiskId(0), &img)], Seq(0), Epoch(1), SystemTime::now())
+        .await
+        .unwrap();
+    let journal =
+        Arc::new(Journal::open(&dir.path().join("j"), JournalConfig::new(vm(), Epoch(1))).unwrap());
+    for i in 0..3u64 {
+        journal
+            .append_write(DiskId(0), i * 4096, &[1u8; 4096])
+            .unwrap();
+        journal.seal().unwrap();
+    }
+    // Ship only the first and the last segment.
+    let segs = journal.sealed_segments().unwrap();
+    for s in [&segs[0], &segs[2]] {
+        let bytes = std::fs::read(&s.path).unwrap();
+        store
+            .put_segment(&vm(), s.epoch, s.first_seq, s.last_seq, bytes.into())
+            .await
+            .unwrap();
+    }
+    let err = p.process(Cut::Latest).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProcessError::Gap {
+                expected: Seq(2),
+                found: Seq(3),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Nothing was cut past the hole.
+    assert_eq!(
+        store.latest_point(&vm()).await.unwrap().unwrap().seq(),
+        Seq(0)
+    );
+}
+
+#[tokio::test]
+async fn processing_without_initial_replication_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store").to_str().unwrap()).unwrap();
+    let err = Processor::new(store, vm())
+        .process(Cut::Latest)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("initial replication"), "{err}");
+}
