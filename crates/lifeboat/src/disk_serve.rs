@@ -2,9 +2,12 @@
 //!
 //! Background duties (a 1 s ticker, run off the async threads): seal the active journal segment
 //! when it reaches its age limit, and advance the image's applied watermark every
-//! `--checkpoint-secs`. SIGUSR1 appends a crash-consistent checkpoint marker to the journal.
+//! `--checkpoint-secs`, and with `--ship-to STORE` ship sealed segments to a region store
+//! (`lifeboat-ship`: a segment leaves the journal once the store has it and the image has applied
+//! it; a fenced store stops shipping). SIGUSR1 appends a crash-consistent checkpoint marker to the journal.
 //! SIGTERM / SIGINT: stop accepting, finish in-flight requests, make the journal and image
-//! durable, advance the watermark, remove the socket, exit 0.
+//! durable, advance the watermark, seal and ship what is left (with `--ship-to`), remove the
+//! socket, exit 0.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,7 +19,9 @@ use clap::Args;
 use lifeboat_disk::{DiskOptions, JournaledDisk};
 use lifeboat_journal::{Journal, JournalConfig};
 use lifeboat_nbd::{BlockDevice, Export, Server, ServerConfig};
-use lifeboat_types::{CheckpointKind, DiskId, Epoch, VmId};
+use lifeboat_ship::{ShipError, Shipper};
+use lifeboat_store::Store;
+use lifeboat_types::{CheckpointKind, DiskId, Epoch, Seq, VmId};
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Args)]
@@ -51,6 +56,10 @@ pub struct ServeArgs {
     /// Seal a journal segment after this many seconds.
     #[arg(long, default_value_t = 10)]
     segment_secs: u64,
+    /// Ship sealed journal segments to this region store (a directory path, `file:///path`,
+    /// `s3://bucket/prefix` or `az://container/prefix`); shipped segments leave the journal.
+    #[arg(long, value_name = "STORE_URL")]
+    ship_to: Option<String>,
     /// Advance the image's applied watermark this often (seconds): bounds how much journal a
     /// restart replays, at the cost of an image fdatasync.
     #[arg(long, default_value_t = 30)]
@@ -129,11 +138,24 @@ async fn serve(args: ServeArgs, journal: Arc<Journal>, disk: Arc<JournaledDisk>)
             disk.clone(),
         ))
         .context("adding the export")?;
+    let shipper = match &args.ship_to {
+        Some(url) => {
+            let store = Store::open(url).with_context(|| format!("opening region store {url}"))?;
+            tracing::info!(store = %url, "shipping sealed journal segments");
+            Some(Arc::new(Shipper::new(
+                journal.config().vm.clone(),
+                journal.clone(),
+                store,
+            )))
+        }
+        None => None,
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
     let ticker = tokio::spawn(background(
         journal.clone(),
         disk.clone(),
+        shipper.clone(),
         Duration::from_secs(args.checkpoint_secs.max(1)),
         stop_rx.clone(),
     ));
@@ -159,14 +181,29 @@ async fn serve(args: ServeArgs, journal: Arc<Journal>, disk: Arc<JournaledDisk>)
     }
     signals.abort();
     let _ = ticker.await;
-    let d = disk.clone();
-    let seq = tokio::task::spawn_blocking(move || {
-        d.persist_applied()?;
-        anyhow::Ok(())
+    let shipper_present = shipper.is_some();
+    let (d, j) = (disk.clone(), journal.clone());
+    let applied = tokio::task::spawn_blocking(move || {
+        let applied = d.persist_applied()?;
+        if shipper_present {
+            j.seal()?;
+        }
+        anyhow::Ok(applied)
     })
     .await
-    .context("final checkpoint task")?;
-    seq.context("making the journal and image durable at shutdown")?;
+    .context("final checkpoint task")?
+    .context("making the journal and image durable at shutdown")?;
+    if let Some(s) = &shipper {
+        let r = s
+            .ship_once(applied)
+            .await
+            .context("shipping the last journal segments at shutdown")?;
+        tracing::info!(
+            stored = r.stored,
+            removed = r.removed,
+            "final shipping pass"
+        );
+    }
     tracing::info!(last_seq = journal.last_seq().0, "stopped cleanly");
     Ok(())
 }
@@ -217,11 +254,15 @@ async fn signals(journal: Arc<Journal>, stop: tokio::sync::watch::Sender<bool>) 
 async fn background(
     journal: Arc<Journal>,
     disk: Arc<JournaledDisk>,
+    shipper: Option<Arc<Shipper>>,
     checkpoint_every: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_checkpoint = Instant::now();
+    // The image's applied watermark (set at open); shipping never removes records after it.
+    let mut applied = journal.last_seq();
+    let mut shipping = shipper.is_some();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -229,22 +270,50 @@ async fn background(
         }
         let (j, d) = (journal.clone(), disk.clone());
         let due = last_checkpoint.elapsed() >= checkpoint_every;
-        let r = tokio::task::spawn_blocking(move || -> Result<bool> {
+        let r = tokio::task::spawn_blocking(move || -> Result<Option<Seq>> {
             j.seal_if_due().context("sealing the journal segment")?;
             // The image's fdatasync is the expensive part: only on the timer, so that a burst
             // of sealed segments does not turn into a burst of image syncs.
             if due {
-                d.persist_applied()
+                let seq = d
+                    .persist_applied()
                     .context("advancing the applied watermark")?;
+                return Ok(Some(seq));
             }
-            Ok(due)
+            Ok(None)
         })
         .await;
         match r {
-            Ok(Ok(true)) => last_checkpoint = Instant::now(),
-            Ok(Ok(false)) => {}
+            Ok(Ok(Some(seq))) => {
+                applied = seq;
+                last_checkpoint = Instant::now();
+            }
+            Ok(Ok(None)) => {}
             Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "background duty failed"),
             Err(e) => tracing::error!(error = %e, "background task failed"),
+        }
+        if let (true, Some(s)) = (shipping, &shipper) {
+            match s.ship_once(applied).await {
+                Ok(r) if r.stored + r.removed > 0 => tracing::debug!(
+                    stored = r.stored,
+                    bytes = r.bytes,
+                    removed = r.removed,
+                    "shipped"
+                ),
+                Ok(_) => {}
+                Err(e @ ShipError::Fenced { .. }) => {
+                    tracing::error!(
+                        error = %e,
+                        "replication fenced: this host no longer replicates the VM"
+                    );
+                    shipping = false;
+                }
+                // The spool keeps everything; the next tick retries.
+                Err(e) => tracing::warn!(
+                    error = format!("{:#}", anyhow::Error::new(e)),
+                    "shipping failed; will retry"
+                ),
+            }
         }
     }
 }
