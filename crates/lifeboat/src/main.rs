@@ -4,11 +4,13 @@
 //!   journaled before it is acknowledged). Used by tests and benchmarks, and the building block of
 //!   the agent's disk servers.
 //! * `lifeboat journal list|replay`: inspect a write journal, or replay it onto an image.
+//! * `lifeboat points|restore|verify|process|seed`: a region store's recovery points.
 //!
 //! Errors print their whole cause chain (anyhow's `{:#}`).
 
 mod disk_serve;
 mod journal_cmd;
+mod store_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +33,16 @@ enum Command {
     /// Inspect or replay a write journal.
     #[command(subcommand)]
     Journal(journal_cmd::JournalCommand),
+    /// List a VM's recovery points in a region store.
+    Points(store_cmd::PointsArgs),
+    /// Write one disk of a recovery point to a raw image file.
+    Restore(store_cmd::RestoreArgs),
+    /// Re-hash every object of a region store and name the bad ones.
+    Verify(store_cmd::VerifyArgs),
+    /// Turn a VM's shipped journal segments into recovery points.
+    Process(store_cmd::ProcessArgs),
+    /// Store whole disk images as a VM's first recovery point (initial replication).
+    Seed(store_cmd::SeedArgs),
 }
 
 #[derive(Subcommand)]
@@ -52,6 +64,11 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Disk(DiskCommand::Serve(args)) => disk_serve::run(args),
         Command::Journal(cmd) => journal_cmd::run(cmd),
+        Command::Points(a) => store_cmd::points(a),
+        Command::Restore(a) => store_cmd::restore(a),
+        Command::Verify(a) => store_cmd::verify(a),
+        Command::Process(a) => store_cmd::process(a),
+        Command::Seed(a) => store_cmd::seed(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

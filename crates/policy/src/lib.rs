@@ -110,8 +110,8 @@ pub use policy::{
 };
 pub use schedule::{due_checkpoints, next_due_in, Due};
 pub use thinning::{
-    bucket_width_for_age, points_to_keep, Bucket, DropReason, KeepPlan, PointMeta, ThinningTier,
-    ASR_THINNING, KEEP_ALL_WINDOW,
+    bucket_width_for_age, format_utc, points_to_keep, Bucket, DropReason, KeepPlan, PointMeta,
+    ThinningTier, ASR_THINNING, KEEP_ALL_WINDOW,
 };
 
 /// The checkpoint kind, re-exported from `lifeboat-types` for convenience.

@@ -281,6 +281,11 @@ fn from_ns(ns: i128) -> Option<SystemTime> {
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` (UTC, seconds truncated toward the past).
+/// A time as UTC text, `YYYY-MM-DDTHH:MM:SSZ` (what the CLI and the logs print).
+pub fn format_utc(t: SystemTime) -> String {
+    fmt_utc(to_ns(t))
+}
+
 fn fmt_utc(ns: i128) -> String {
     let secs = ns.div_euclid(NS_PER_SEC);
     let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));

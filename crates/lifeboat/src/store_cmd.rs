@@ -1,0 +1,278 @@
+//! Region-store commands: `points`, `restore`, `verify`, `process`, `seed`.
+//!
+//! `seed` and `process` are the building blocks the agents will run by themselves (initial
+//! replication at the primary, processing at the secondary); until the agent exists they are
+//! run by hand or by tests.
+
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use lifeboat_policy::format_utc;
+use lifeboat_process::{Cut, Processor};
+use lifeboat_store::{Entry, PointRecord, Store};
+use lifeboat_types::{CheckpointKind, DiskId, Epoch, Seq, VmId};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Args)]
+pub struct PointsArgs {
+    /// The region store (a directory path, `file:///path`, `s3://...`, `az://...`).
+    #[arg(long)]
+    store: String,
+    /// The VM.
+    #[arg(long)]
+    vm: String,
+    #[arg(long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    #[arg(long)]
+    store: String,
+    #[arg(long)]
+    vm: String,
+    /// `latest`, `latest-app-consistent`, or a point id from `lifeboat points`.
+    #[arg(long)]
+    point: String,
+    /// Which disk of the VM.
+    #[arg(long, default_value_t = 0)]
+    disk: u32,
+    /// The raw image to write (must not exist).
+    #[arg(long)]
+    output: PathBuf,
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    #[arg(long)]
+    store: String,
+}
+
+#[derive(Args)]
+pub struct ProcessArgs {
+    #[arg(long)]
+    store: String,
+    #[arg(long)]
+    vm: String,
+    /// Also cut a point at the last record received ("latest").
+    #[arg(long)]
+    latest: bool,
+}
+
+#[derive(Args)]
+pub struct SeedArgs {
+    #[arg(long)]
+    store: String,
+    #[arg(long)]
+    vm: String,
+    /// A disk as `N=PATH` (raw image); repeat for each disk.
+    #[arg(long = "disk", value_name = "N=PATH", required = true)]
+    disks: Vec<String>,
+    /// The journal position the images correspond to.
+    #[arg(long, default_value_t = 0)]
+    seq: u64,
+    #[arg(long, default_value_t = 1)]
+    epoch: u64,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn open(url: &str) -> Result<Store> {
+    Store::open(url).with_context(|| format!("opening region store {url}"))
+}
+
+fn vm_id(s: &str) -> Result<VmId> {
+    VmId::new(s).context("--vm")
+}
+
+pub fn points(a: PointsArgs) -> Result<()> {
+    let store = open(&a.store)?;
+    let vm = vm_id(&a.vm)?;
+    let points = runtime()?
+        .block_on(store.list_points(&vm))
+        .with_context(|| format!("listing the points of VM {vm}"))?;
+    match a.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&points)?),
+        Output::Table => {
+            println!(
+                "{:<28} {:<21} {:<17} {:<12} NEW",
+                "POINT", "TIME (UTC)", "KIND", "DISKS"
+            );
+            for p in &points {
+                println!(
+                    "{:<28} {:<21} {:<17} {:<12} {} chunks, {} bytes",
+                    p.id,
+                    format_utc(p.time()),
+                    p.kind,
+                    p.disks_summary(),
+                    p.new_chunks,
+                    p.new_bytes
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn pick_point(store: &Store, vm: &VmId, which: &str) -> Result<PointRecord> {
+    let found = match which {
+        "latest" => store.latest_point(vm).await?,
+        "latest-app-consistent" => {
+            store
+                .latest_point_of_kind(vm, CheckpointKind::AppConsistent)
+                .await?
+        }
+        id => Some(store.get_point(vm, id).await?),
+    };
+    found.with_context(|| format!("VM {vm} has no {which} recovery point"))
+}
+
+pub fn restore(a: RestoreArgs) -> Result<()> {
+    if a.output.exists() {
+        bail!(
+            "{} exists: restore writes a new file, choose another --output",
+            a.output.display()
+        );
+    }
+    let store = open(&a.store)?;
+    let vm = vm_id(&a.vm)?;
+    let tmp = a.output.with_extension("restoring");
+    let result = runtime()?.block_on(async {
+        let point = pick_point(&store, &vm, &a.point).await?;
+        let reader = store
+            .disk_reader(&point, DiskId(a.disk))
+            .await
+            .with_context(|| format!("disk {} of point {}", a.disk, point.id))?;
+        let file =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        file.set_len(reader.size())?;
+        let cs = u64::from(reader.chunk_size());
+        for i in 0..reader.chunk_count() {
+            // Zero chunks stay holes in the output.
+            if reader.entry(i).await? == Entry::Zero {
+                continue;
+            }
+            let data = reader
+                .read_chunk(i)
+                .await
+                .with_context(|| format!("chunk {i} of disk {} of point {}", a.disk, point.id))?;
+            file.write_all_at(&data, i * cs)?;
+        }
+        file.sync_all()?;
+        anyhow::Ok(point)
+    });
+    match result {
+        Ok(point) => {
+            std::fs::rename(&tmp, &a.output)?;
+            let mut out = std::io::stdout();
+            writeln!(
+                out,
+                "restored disk {} of point {} ({}, {}) to {}",
+                a.disk,
+                point.id,
+                point.kind,
+                format_utc(point.time()),
+                a.output.display()
+            )?;
+            Ok(())
+        }
+        Err(e) => {
+            // Never leave a partial or unverified disk behind.
+            let _ = std::fs::remove_file(&tmp);
+            Err(e.context(format!(
+                "restoring VM {vm} to {}: nothing was written",
+                a.output.display()
+            )))
+        }
+    }
+}
+
+pub fn verify(a: VerifyArgs) -> Result<()> {
+    let store = open(&a.store)?;
+    let report = runtime()?
+        .block_on(store.verify())
+        .with_context(|| format!("verifying region store {}", a.store))?;
+    println!(
+        "checked {} objects: {} chunks, {} points, {} segments",
+        report.objects, report.chunks, report.points, report.segments
+    );
+    for b in &report.bad {
+        println!("BAD {}: {}", b.key, b.reason);
+    }
+    if !report.bad.is_empty() {
+        bail!(
+            "{} bad objects in region store {}: points that use them cannot be restored",
+            report.bad.len(),
+            a.store
+        );
+    }
+    Ok(())
+}
+
+pub fn process(a: ProcessArgs) -> Result<()> {
+    let store = open(&a.store)?;
+    let vm = vm_id(&a.vm)?;
+    let cut = if a.latest {
+        Cut::Latest
+    } else {
+        Cut::AtMarkers
+    };
+    let report = runtime()?
+        .block_on(Processor::new(store, vm.clone()).process(cut))
+        .with_context(|| format!("processing the journal of VM {vm}"))?;
+    for p in &report.points {
+        println!("{} {} {}", p.id, p.kind, format_utc(p.time()));
+    }
+    println!(
+        "{} points from {} records (through record {})",
+        report.points.len(),
+        report.records,
+        report.last_seq.map(|s| s.0).unwrap_or(0)
+    );
+    Ok(())
+}
+
+pub fn seed(a: SeedArgs) -> Result<()> {
+    let store = open(&a.store)?;
+    let vm = vm_id(&a.vm)?;
+    let mut disks = Vec::new();
+    for d in &a.disks {
+        let (n, path) = d
+            .split_once('=')
+            .with_context(|| format!("--disk {d:?}: write it as N=PATH, e.g. 0=vm.img"))?;
+        let n: u32 = n
+            .parse()
+            .with_context(|| format!("--disk {d:?}: {n:?} is not a disk number"))?;
+        disks.push((DiskId(n), PathBuf::from(path)));
+    }
+    let refs: Vec<_> = disks.iter().map(|(d, p)| (*d, p.as_path())).collect();
+    let point = runtime()?
+        .block_on(Processor::new(store, vm.clone()).seed(
+            &refs,
+            Seq(a.seq),
+            Epoch(a.epoch),
+            SystemTime::now(),
+        ))
+        .with_context(|| format!("seeding VM {vm}"))?;
+    println!(
+        "seeded point {} ({}, {} new chunks)",
+        point.id,
+        point.disks_summary(),
+        point.new_chunks
+    );
+    Ok(())
+}
