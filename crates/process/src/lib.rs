@@ -28,11 +28,17 @@
 //! the journal from there makes it exact, because every byte written during the copy is
 //! rewritten, in order, by its journal records, and every other byte was copied unchanged.
 //!
+//! **Retention** ([`apply_retention`]) deletes the points the policy's thinning drops, the
+//! journal segments older than the CDP window that points already cover, and then the chunks
+//! nothing references any more.
+//!
 //! Crash safety: a point is committed record-last by the store, so a processor killed mid-way
 //! leaves at most unreferenced chunks (garbage-collected later) and redoes the same work on the
 //! next run, from the same base, with the same result. One processor per VM at a time (the
 //! store's writer lease).
 
 mod processor;
+mod retention;
 
 pub use processor::{Cut, ProcessError, ProcessReport, Processor};
+pub use retention::{apply_retention, RetentionReport};
