@@ -1,6 +1,7 @@
 //! `lifeboat disk serve`: one raw image, one journal, one NBD export.
 //!
-//! Background duties (a 1 s ticker, run off the async threads): seal the active journal segment
+//! Background duties (a 1 s ticker, run off the async threads): append a crash-consistent
+//! checkpoint marker every `--point-secs` (the recovery-point interval), seal the active segment
 //! when it reaches its age limit, and advance the image's applied watermark every
 //! `--checkpoint-secs`, and with `--ship-to STORE` ship sealed segments to a region store
 //! (`lifeboat-ship`: a segment leaves the journal once the store has it and the image has applied
@@ -60,6 +61,10 @@ pub struct ServeArgs {
     /// `s3://bucket/prefix` or `az://container/prefix`); shipped segments leave the journal.
     #[arg(long, value_name = "STORE_URL")]
     ship_to: Option<String>,
+    /// Append a crash-consistent checkpoint marker (a recovery point once processed) this often,
+    /// in seconds (ASR: every 5 minutes). 0 turns interval markers off.
+    #[arg(long, default_value_t = 300)]
+    point_secs: u64,
     /// Advance the image's applied watermark this often (seconds): bounds how much journal a
     /// restart replays, at the cost of an image fdatasync.
     #[arg(long, default_value_t = 30)]
@@ -157,6 +162,7 @@ async fn serve(args: ServeArgs, journal: Arc<Journal>, disk: Arc<JournaledDisk>)
         disk.clone(),
         shipper.clone(),
         Duration::from_secs(args.checkpoint_secs.max(1)),
+        (args.point_secs > 0).then(|| Duration::from_secs(args.point_secs)),
         stop_rx.clone(),
     ));
     let signals = tokio::spawn(signals(journal.clone(), stop_tx));
@@ -256,10 +262,12 @@ async fn background(
     disk: Arc<JournaledDisk>,
     shipper: Option<Arc<Shipper>>,
     checkpoint_every: Duration,
+    point_every: Option<Duration>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_checkpoint = Instant::now();
+    let mut last_point = Instant::now();
     // The image's applied watermark (set at open); shipping never removes records after it.
     let mut applied = journal.last_seq();
     let mut shipping = shipper.is_some();
@@ -270,7 +278,15 @@ async fn background(
         }
         let (j, d) = (journal.clone(), disk.clone());
         let due = last_checkpoint.elapsed() >= checkpoint_every;
+        let point_due = point_every.is_some_and(|every| last_point.elapsed() >= every);
+        if point_due {
+            last_point = Instant::now();
+        }
         let r = tokio::task::spawn_blocking(move || -> Result<Option<Seq>> {
+            if point_due {
+                j.append_checkpoint(CheckpointKind::CrashConsistent, SystemTime::now())
+                    .context("appending the interval checkpoint marker")?;
+            }
             j.seal_if_due().context("sealing the journal segment")?;
             // The image's fdatasync is the expensive part: only on the timer, so that a burst
             // of sealed segments does not turn into a burst of image syncs.

@@ -344,3 +344,27 @@ fn sigusr1_appends_a_crash_consistent_checkpoint_after_the_writes() {
     assert!(lines[0].starts_with("1\tWrite\tdisk 0\t0+8192"), "{text}");
     assert_eq!(lines[1], "2\tcheckpoint\tcrash-consistent", "{text}");
 }
+
+#[test]
+fn interval_checkpoints_are_appended_every_point_secs() {
+    let d = TestDisk::sparse(MIB);
+    let mut procs = Procs::new();
+    let s = d.serve(&mut procs, &["--point-secs", "1"]);
+    let checkpoints = || {
+        let out = run_ok(
+            Command::new(common::LIFEBOAT)
+                .args(["journal", "list", "--journal"])
+                .arg(&d.journal),
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.ends_with("\tcheckpoint\tcrash-consistent"))
+            .count()
+    };
+    lifeboat_testkit::wait_until(
+        std::time::Duration::from_secs(30),
+        "two interval checkpoints",
+        || checkpoints() >= 2,
+    );
+    stop(&mut procs, &s);
+}
