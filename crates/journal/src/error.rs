@@ -182,6 +182,10 @@ pub enum JournalError {
         /// Length asked for.
         len: u64,
     },
+    /// A record's time before its segment's creation time or more than `u32::MAX` milliseconds
+    /// (about 49.7 days) after it (not representable in the format).
+    #[error("record time is outside its segment's time range (creation time + 0..2^32 ms)")]
+    RecordTime,
     /// A checkpoint time before 1970 or after 2554 (not representable in the format).
     #[error("checkpoint time is outside 1970..2554")]
     BadTime,

@@ -38,7 +38,8 @@ pub struct SegmentHeader {
     pub epoch: Epoch,
     /// Sequence number of the segment's first record.
     pub first_seq: Seq,
-    /// When the segment was created (informational; nanosecond resolution).
+    /// When the segment was created (nanosecond resolution). Every record's time is stored as
+    /// milliseconds after this.
     pub created: SystemTime,
 }
 
@@ -72,6 +73,18 @@ pub(crate) fn time_to_ns(t: SystemTime) -> Option<u64> {
 
 fn ns_to_time(ns: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(ns)
+}
+
+/// Milliseconds from `created` to `time` as stored in a record (offset 44), or `None` if `time`
+/// is before `created` or more than `u32::MAX` ms (about 49.7 days) after it.
+pub(crate) fn time_to_ms(created: SystemTime, time: SystemTime) -> Option<u32> {
+    let d = time.duration_since(created).ok()?;
+    u32::try_from(d.as_millis()).ok()
+}
+
+/// The time a record's stored milliseconds stand for.
+pub(crate) fn ms_to_time(created: SystemTime, ms: u32) -> SystemTime {
+    created + Duration::from_millis(u64::from(ms))
 }
 
 impl SegmentHeader {
@@ -175,6 +188,8 @@ pub(crate) struct RecordHead {
     pub offset: u64,
     pub length: u64,
     pub data_len: u32,
+    /// When it was appended: milliseconds after its segment's creation time.
+    pub time_ms: u32,
 }
 
 impl RecordHead {
@@ -189,6 +204,7 @@ impl RecordHead {
         b[24..32].copy_from_slice(&self.offset.to_le_bytes());
         b[32..40].copy_from_slice(&self.length.to_le_bytes());
         b[40..44].copy_from_slice(&self.data_len.to_le_bytes());
+        b[44..48].copy_from_slice(&self.time_ms.to_le_bytes());
         let crc = crc32c::crc32c_append(data_crc, &b[8..]);
         b[4..8].copy_from_slice(&crc.to_le_bytes());
         b
@@ -200,7 +216,7 @@ impl RecordHead {
         if b[0..4] != RECORD_MAGIC {
             return Err(Problem::BadRecordMagic);
         }
-        if b[22..24] != [0, 0] || b[44..48] != [0, 0, 0, 0] {
+        if b[22..24] != [0, 0] {
             return Err(Problem::Reserved);
         }
         let kind = RecordKind::from_code(b[20]).map_err(|_| Problem::UnknownKind(b[20]))?;
@@ -212,6 +228,7 @@ impl RecordHead {
             offset: le_u64(b, 24),
             length: le_u64(b, 32),
             data_len: le_u32(b, 40),
+            time_ms: le_u32(b, 44),
         };
         let head = head.validated(b[21])?;
         Ok((head, le_u32(b, 4)))
@@ -250,7 +267,8 @@ impl RecordHead {
         Ok(self)
     }
 
-    fn into_record(self, data: Vec<u8>) -> Record {
+    fn into_record(self, data: Vec<u8>, created: SystemTime) -> Record {
+        let time = ms_to_time(created, self.time_ms);
         match self.checkpoint {
             Some(kind) => Record {
                 seq: self.seq,
@@ -259,6 +277,7 @@ impl RecordHead {
                 offset: 0,
                 length: 0,
                 data,
+                time,
                 checkpoint: Some(Checkpoint {
                     kind,
                     time: ns_to_time(self.offset),
@@ -271,14 +290,17 @@ impl RecordHead {
                 offset: self.offset,
                 length: self.length,
                 data,
+                time,
                 checkpoint: None,
             },
         }
     }
 }
 
-/// The header fields that encode `record` (checks what the appender checks).
-pub(crate) fn head_of(record: &Record) -> Result<RecordHead, JournalError> {
+/// The header fields that encode `record` in a segment created at `created` (checks what the
+/// appender checks).
+pub(crate) fn head_of(record: &Record, created: SystemTime) -> Result<RecordHead, JournalError> {
+    let time_ms = time_to_ms(created, record.time).ok_or(JournalError::RecordTime)?;
     let (offset, length, checkpoint, disk) = match (record.kind, &record.checkpoint) {
         (RecordKind::Checkpoint, Some(c)) => (
             time_to_ns(c.time).ok_or(JournalError::BadTime)?,
@@ -314,13 +336,16 @@ pub(crate) fn head_of(record: &Record) -> Result<RecordHead, JournalError> {
         offset,
         length,
         data_len: data_len as u32,
+        time_ms,
     })
 }
 
-/// Encodes one record (header and data) as it appears in a segment. A `Write` record's length is
-/// its data's length; a `Checkpoint` record needs `checkpoint` set.
-pub fn encode_record(record: &Record) -> Result<Vec<u8>, JournalError> {
-    let head = head_of(record)?;
+/// Encodes one record (header and data) as it appears in a segment created at `created` (the
+/// segment header's time). A `Write` record's length is its data's length; a `Checkpoint` record
+/// needs `checkpoint` set. The record's time is stored in whole milliseconds after `created`
+/// (rounded down); it must lie in `created ..= created + u32::MAX ms`.
+pub fn encode_record(record: &Record, created: SystemTime) -> Result<Vec<u8>, JournalError> {
+    let head = head_of(record, created)?;
     let data: &[u8] = if record.kind == RecordKind::Write {
         &record.data
     } else {
@@ -337,7 +362,7 @@ pub fn encode_record(record: &Record) -> Result<Vec<u8>, JournalError> {
 pub fn encode_segment(header: &SegmentHeader, records: &[Record]) -> Result<Vec<u8>, JournalError> {
     let mut out = header.encode().to_vec();
     for r in records {
-        out.extend_from_slice(&encode_record(r)?);
+        out.extend_from_slice(&encode_record(r, header.created)?);
     }
     let trailer = Trailer {
         last_seq: Seq((header.first_seq.0 + records.len() as u64).wrapping_sub(1)),
@@ -374,6 +399,8 @@ pub(crate) struct Scanner<R> {
     /// Sequence number the next record must have.
     pub next_seq: Seq,
     pub records: u64,
+    /// Stored time (ms after the header's creation) of the last record read; 0 before any.
+    pub last_ms: u32,
 }
 
 /// Reads until `buf` is full or the source ends; returns the bytes read.
@@ -403,6 +430,7 @@ impl<R: Read> Scanner<R> {
             next_seq: header.first_seq,
             header,
             records: 0,
+            last_ms: 0,
         })
     }
 
@@ -489,7 +517,8 @@ impl<R: Read> Scanner<R> {
         self.pos = start + RECORD_HEADER_LEN as u64 + data_len;
         self.next_seq = self.next_seq.next();
         self.records += 1;
-        Ok(Item::Record(h.into_record(data)))
+        self.last_ms = h.time_ms;
+        Ok(Item::Record(h.into_record(data, self.header.created)))
     }
 }
 
@@ -532,6 +561,7 @@ mod tests {
             offset: 4096,
             length: 5,
             data: b"hello".to_vec(),
+            time: created() + Duration::from_millis(1234),
             checkpoint: None,
         }
     }
@@ -544,6 +574,7 @@ mod tests {
             offset: 0,
             length: 0,
             data: vec![],
+            time: created() + Duration::from_millis(70_000),
             checkpoint: Some(Checkpoint {
                 kind: CheckpointKind::AppConsistent,
                 time: UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789),
@@ -551,12 +582,16 @@ mod tests {
         }
     }
 
+    fn created() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+    }
+
     fn header() -> SegmentHeader {
         SegmentHeader {
             vm: VmId::new("vm-1").unwrap(),
             epoch: Epoch(3),
             first_seq: Seq(7),
-            created: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            created: created(),
         }
     }
 
@@ -573,21 +608,59 @@ mod tests {
 
     /// The frozen format: these bytes were checked against an independent CRC-32C. If this test
     /// fails, the on-disk format changed: bump FORMAT_VERSION and keep reading version 1.
+    ///
+    /// Changed deliberately once, before version 1 was released: the record header's bytes
+    /// 44..48 (reserved until then) now hold the append time in ms after the segment's creation
+    /// (`d2 04 00 00` = 1234 ms, `70 11 01 00` = 70 000 ms), which also changed the checksums
+    /// (recomputed with an independent bitwise CRC-32C in Python).
     #[test]
     fn frozen_record_bytes() {
         let write = unhex(
-            "4c 42 4a 52 c5 79 40 c4 07 00 00 00 00 00 00 00
+            "4c 42 4a 52 bb d9 9b f5 07 00 00 00 00 00 00 00
              01 00 00 00 01 00 00 00 00 10 00 00 00 00 00 00
-             05 00 00 00 00 00 00 00 05 00 00 00 00 00 00 00
+             05 00 00 00 00 00 00 00 05 00 00 00 d2 04 00 00
              68 65 6c 6c 6f",
         );
-        assert_eq!(encode_record(&write_rec()).unwrap(), write);
+        assert_eq!(encode_record(&write_rec(), created()).unwrap(), write);
         let checkpoint = unhex(
-            "4c 42 4a 52 16 e7 ae 4c 08 00 00 00 00 00 00 00
+            "4c 42 4a 52 c4 6a 08 1f 08 00 00 00 00 00 00 00
              00 00 00 00 04 02 00 00 15 cd 85 3d fe 9c 97 17
-             00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00",
+             00 00 00 00 00 00 00 00 00 00 00 00 70 11 01 00",
         );
-        assert_eq!(encode_record(&checkpoint_rec()).unwrap(), checkpoint);
+        assert_eq!(
+            encode_record(&checkpoint_rec(), created()).unwrap(),
+            checkpoint
+        );
+        // Parsing gives the time back as creation time + the stored milliseconds.
+        let (_, back) =
+            parse_segment(&encode_segment(&header(), &[write_rec(), checkpoint_rec()]).unwrap())
+                .unwrap();
+        assert_eq!(back[0].time, created() + Duration::from_millis(1234));
+        assert_eq!(back[1].time, created() + Duration::from_millis(70_000));
+    }
+
+    #[test]
+    fn record_times_outside_the_segment_s_range_are_refused() {
+        let mut r = write_rec();
+        r.time = created() - Duration::from_millis(1);
+        assert!(matches!(
+            encode_record(&r, created()),
+            Err(JournalError::RecordTime)
+        ));
+        r.time = created() + Duration::from_millis(u64::from(u32::MAX) + 1);
+        assert!(matches!(
+            encode_record(&r, created()),
+            Err(JournalError::RecordTime)
+        ));
+        r.time = created() + Duration::from_millis(u64::from(u32::MAX));
+        let bytes = encode_record(&r, created()).unwrap();
+        assert_eq!(&bytes[44..48], &[0xff; 4]);
+        // Sub-millisecond parts are dropped (rounded down).
+        r.time = created() + Duration::from_micros(1999);
+        assert_eq!(
+            &encode_record(&r, created()).unwrap()[44..48],
+            &[1, 0, 0, 0]
+        );
     }
 
     #[test]
@@ -676,6 +749,7 @@ mod tests {
             offset: 0,
             length: u64::from(u32::MAX),
             data_len: u32::MAX,
+            time_ms: 0,
         };
         seg.extend_from_slice(&head.encode(0));
         let e = parse_segment(&seg).unwrap_err();
@@ -708,7 +782,7 @@ mod tests {
         let mut r = write_rec();
         r.offset = u64::MAX - 2;
         assert!(matches!(
-            encode_record(&r),
+            encode_record(&r, created()),
             Err(JournalError::RangeOverflow { .. })
         ));
         let mut c = checkpoint_rec();
@@ -716,6 +790,9 @@ mod tests {
             kind: CheckpointKind::CrashConsistent,
             time: UNIX_EPOCH - Duration::from_secs(1),
         });
-        assert!(matches!(encode_record(&c), Err(JournalError::BadTime)));
+        assert!(matches!(
+            encode_record(&c, created()),
+            Err(JournalError::BadTime)
+        ));
     }
 }

@@ -15,6 +15,16 @@ use crate::error::JournalError;
 use crate::files::{self, NameState};
 use crate::format::{time_to_ns, RecordHead, SegmentHeader, Trailer, MAX_RECORD_DATA};
 
+/// The stored time of a record appended at `now` to a segment created at `created` whose last
+/// record has `last_ms`: never smaller than `last_ms` (a clock set back repeats it); `None` if it
+/// does not fit in the 32-bit field (the segment must be closed first).
+fn record_ms(created: SystemTime, last_ms: u32, now: SystemTime) -> Option<u32> {
+    match now.duration_since(created) {
+        Ok(d) => u32::try_from(d.as_millis()).ok().map(|ms| ms.max(last_ms)),
+        Err(_) => Some(last_ms),
+    }
+}
+
 /// How a [`Journal`] is set up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JournalConfig {
@@ -70,6 +80,10 @@ pub(crate) struct Active {
     pub len: u64,
     pub records: u64,
     pub first_record_at: Option<Instant>,
+    /// The creation time in the segment's header (records' times count from it).
+    pub created: SystemTime,
+    /// Stored time of the last record (ms after `created`); the next is never smaller.
+    pub last_ms: u32,
 }
 
 /// A segment whose trailer is written but which is not yet durable and renamed.
@@ -272,6 +286,7 @@ impl Journal {
             offset: time_to_ns(time).ok_or(JournalError::BadTime)?,
             length: 0,
             data_len: 0,
+            time_ms: 0,
         };
         self.append(head, &[])
     }
@@ -299,14 +314,25 @@ impl Journal {
         self.check_ok()?;
         let seq = st.last_seq.next();
         head.seq = seq;
-        let hdr = head.encode(data_crc);
+        // One clock read per append, under the lock so that times follow sequence numbers.
+        let now = SystemTime::now();
+        let fits = st
+            .active
+            .as_ref()
+            .and_then(|a| record_ms(a.created, a.last_ms, now));
+        if st.active.is_some() && fits.is_none() {
+            // The segment is too old for the 32-bit millisecond offset (~49.7 days): seal it.
+            self.close_active(&mut st)?;
+        }
         if st.active.is_none() {
-            st.active = Some(self.new_segment(seq)?);
+            st.active = Some(self.new_segment(seq, now)?);
             st.dir_dirty = true;
         }
         let Some(active) = st.active.as_mut() else {
             return Err(JournalError::Failed(self.dir.clone()));
         };
+        head.time_ms = fits.unwrap_or(0);
+        let hdr = head.encode(data_crc);
         let total = (hdr.len() + data.len()) as u64;
         if let Err(e) =
             write_all_vectored(&active.file, &mut [IoSlice::new(&hdr), IoSlice::new(data)])
@@ -323,6 +349,7 @@ impl Journal {
             });
         }
         active.len += total;
+        active.last_ms = head.time_ms;
         if active.records == 0 {
             active.first_record_at = Some(Instant::now());
         }
@@ -343,8 +370,8 @@ impl Journal {
 
     /// Creates the segment whose first record will be `first` (one write, no fsync: `sync`
     /// fdatasyncs it and the directory before any of its records counts as durable).
-    fn new_segment(&self, first: Seq) -> Result<Active, JournalError> {
-        let header = self.header(first);
+    fn new_segment(&self, first: Seq, created: SystemTime) -> Result<Active, JournalError> {
+        let header = self.header(first, created);
         let (file, path) = files::create_fast(&self.dir, &header)?;
         debug!(path = %path.display(), "journal segment created");
         Ok(Active {
@@ -355,15 +382,17 @@ impl Journal {
             len: crate::format::SEGMENT_HEADER_LEN as u64,
             records: 0,
             first_record_at: None,
+            created,
+            last_ms: 0,
         })
     }
 
-    fn header(&self, first: Seq) -> SegmentHeader {
+    fn header(&self, first: Seq, created: SystemTime) -> SegmentHeader {
         SegmentHeader {
             vm: self.config.vm.clone(),
             epoch: self.config.epoch,
             first_seq: first,
-            created: SystemTime::now(),
+            created,
         }
     }
 
@@ -553,8 +582,9 @@ impl Journal {
             }
             if n == st.sealed.len() && st.closing.is_empty() && st.active.is_none() {
                 let first = st.last_seq.next();
+                let created = SystemTime::now();
                 let (file, path) =
-                    files::create_durable(&self.dir, &self.dir_file, &self.header(first))?;
+                    files::create_durable(&self.dir, &self.dir_file, &self.header(first, created))?;
                 st.active = Some(Active {
                     file: Arc::new(file),
                     path,
@@ -563,6 +593,8 @@ impl Journal {
                     len: crate::format::SEGMENT_HEADER_LEN as u64,
                     records: 0,
                     first_record_at: None,
+                    created,
+                    last_ms: 0,
                 });
             }
             st.sealed[..n].to_vec()
@@ -611,6 +643,7 @@ fn range_head(
         } else {
             0
         },
+        time_ms: 0,
     })
 }
 
@@ -618,6 +651,22 @@ fn range_head(
 mod tests {
     use super::*;
     use std::sync::Barrier;
+
+    #[test]
+    fn record_times_never_go_back_and_a_too_old_segment_is_refused() {
+        let c = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let ms = |n: u64| Duration::from_millis(n);
+        assert_eq!(record_ms(c, 0, c + ms(1234)), Some(1234));
+        // Rounded down to whole milliseconds.
+        assert_eq!(record_ms(c, 0, c + Duration::from_micros(1999)), Some(1));
+        // A clock set back repeats the last time, also before the segment's creation.
+        assert_eq!(record_ms(c, 50, c + ms(20)), Some(50));
+        assert_eq!(record_ms(c, 50, c - ms(20)), Some(50));
+        // The last millisecond that fits, then a new segment is needed (append closes this one).
+        let max = u64::from(u32::MAX);
+        assert_eq!(record_ms(c, 0, c + ms(max)), Some(u32::MAX));
+        assert_eq!(record_ms(c, 0, c + ms(max + 1)), None);
+    }
 
     fn journal(dir: &Path) -> Journal {
         Journal::open(dir, JournalConfig::new(VmId::new("vm").unwrap(), Epoch(1))).unwrap()

@@ -35,7 +35,7 @@
 //! | 12     | 4    | header length, `128`                                        |
 //! | 16     | 8    | epoch                                                       |
 //! | 24     | 8    | first sequence number (`1 <= first < 2^63`; equals the file name's) |
-//! | 32     | 8    | creation time, nanoseconds since 1970-01-01 UTC (informational) |
+//! | 32     | 8    | creation time, nanoseconds since 1970-01-01 UTC (records' times count from it) |
 //! | 40     | 1    | VM id length *n* (1..=64)                                   |
 //! | 41     | 64   | VM id (ASCII, *n* bytes, then zeroes)                       |
 //! | 105    | 19   | reserved, zero                                              |
@@ -55,7 +55,15 @@
 //! | 24     | 8    | disk offset in bytes; for a checkpoint, its time in ns since 1970 |
 //! | 32     | 8    | length of the disk range in bytes (0 for a checkpoint)      |
 //! | 40     | 4    | data length: equals the range length for a write, 0 otherwise (at most [`MAX_RECORD_DATA`], 64 MiB) |
-//! | 44     | 4    | reserved, zero                                              |
+//! | 44     | 4    | append time: milliseconds after the segment header's creation time (u32) |
+//!
+//! A record's time is the appender's clock when it appended the record (one `SystemTime::now()`
+//! per append, taken under the append lock), in whole milliseconds after the segment's creation
+//! time: `time = created + ms`. The appender keeps times non-decreasing within a segment (a
+//! clock set back repeats the previous record's time) and starts a new segment before the
+//! offset would overflow 2^32 ms (about 49.7 days; segments are sealed after seconds anyway).
+//! For a checkpoint the time of the consistent point itself is at offset 24, in nanoseconds;
+//! offset 44 holds its append time like any record's.
 //!
 //! The checksum covers the data *first* so that the appender computes the data's part before
 //! taking the append lock and folds in the 40 header bytes (which hold the sequence number) under
@@ -186,6 +194,10 @@ pub struct Record {
     pub length: u64,
     /// The written data (`Write` only; empty otherwise).
     pub data: Vec<u8>,
+    /// When it was appended (the appender's `SystemTime::now()`), in whole milliseconds: stored
+    /// as milliseconds after its segment's creation time. Non-decreasing along a journal written
+    /// by [`Journal`] (unless the clock was set back between two segments).
+    pub time: SystemTime,
     /// The marker (`Checkpoint` only).
     pub checkpoint: Option<Checkpoint>,
 }

@@ -27,6 +27,10 @@ struct Scanned {
     /// Bytes up to the end of the last valid record (or the trailer).
     valid_len: u64,
     file_len: u64,
+    /// The header's creation time (now if the header is damaged).
+    created: SystemTime,
+    /// Stored time of the last valid record (0 if none).
+    last_ms: u32,
 }
 
 fn corrupt(path: &Path, offset: u64, problem: Problem) -> JournalError {
@@ -57,6 +61,8 @@ fn scan_file(seg: SegFile, is_last: bool, cfg: &JournalConfig) -> Result<Scanned
                 records: 0,
                 valid_len: 0,
                 file_len,
+                created: SystemTime::now(),
+                last_ms: 0,
             });
         }
         Err(ScanError::Format(e)) => return Err(JournalError::corrupt(&path, e)),
@@ -80,9 +86,11 @@ fn scan_file(seg: SegFile, is_last: bool, cfg: &JournalConfig) -> Result<Scanned
         });
     }
     let epoch = Some(h.epoch);
+    let created = h.created;
+    let mut last_ms = 0;
     let (valid_len, sealed) = loop {
         match scanner.next_item(false) {
-            Ok(Item::Record(_)) => {}
+            Ok(Item::Record(_)) => last_ms = scanner.last_ms,
             Ok(Item::Trailer) => break (file_len, true),
             Ok(Item::End) if strict => {
                 return Err(corrupt(&path, scanner.pos, Problem::NotSealed));
@@ -104,6 +112,8 @@ fn scan_file(seg: SegFile, is_last: bool, cfg: &JournalConfig) -> Result<Scanned
         sealed,
         valid_len,
         file_len,
+        created,
+        last_ms,
     })
 }
 
@@ -175,11 +185,12 @@ fn new_active(
     cfg: &JournalConfig,
     first: Seq,
 ) -> Result<Active, JournalError> {
+    let created = SystemTime::now();
     let header = SegmentHeader {
         vm: cfg.vm.clone(),
         epoch: cfg.epoch,
         first_seq: first,
-        created: SystemTime::now(),
+        created,
     };
     let (file, path) = files::create_durable(dir, dir_file, &header)?;
     Ok(Active {
@@ -190,6 +201,8 @@ fn new_active(
         len: crate::format::SEGMENT_HEADER_LEN as u64,
         records: 0,
         first_record_at: None,
+        created,
+        last_ms: 0,
     })
 }
 
@@ -231,6 +244,8 @@ fn take_active(
         len: s.valid_len,
         records: s.records,
         first_record_at: (s.records > 0).then(Instant::now),
+        created: s.created,
+        last_ms: s.last_ms,
     }))
 }
 
