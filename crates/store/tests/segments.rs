@@ -26,6 +26,7 @@ fn segment(vm: &VmId, epoch: u64, first: u64, n: u64) -> Bytes {
             length: 8,
             data: vec![i as u8; 8],
             checkpoint: None,
+            time: h.created,
         })
         .collect();
     Bytes::from(encode_segment(&h, &records).unwrap())
@@ -96,6 +97,7 @@ async fn segments_are_checked_idempotent_and_fenced() {
             length: 512,
             data: vec![],
             checkpoint: None,
+            time: h.created,
         })
         .collect();
     let different = Bytes::from(encode_segment(&h, &recs).unwrap());
