@@ -37,8 +37,10 @@
 //! next run, from the same base, with the same result. One processor per VM at a time (the
 //! store's writer lease).
 
+mod cdp;
 mod processor;
 mod retention;
 
+pub use cdp::{format_utc_ms, parse_utc, state_at, PointInTime, Target};
 pub use processor::{Cut, ProcessError, ProcessReport, Processor};
 pub use retention::{apply_retention, RetentionReport};

@@ -64,6 +64,22 @@ pub enum ProcessError {
         /// The base point.
         point: String,
     },
+    /// A time (or journal position) older than the oldest one the stored journal can restore.
+    #[error("{target} is before the continuous-data-protection window of VM {vm}, which starts at {start}: choose a later time or a recovery point")]
+    BeforeWindow {
+        /// The VM.
+        vm: VmId,
+        /// What was asked for (`time 2026-01-02T03:04:05.678Z` or `journal record 12`).
+        target: String,
+        /// Where the window starts (time and record).
+        start: String,
+    },
+    /// No journal is stored for the VM, so no point in time can be restored.
+    #[error("no journal of VM {vm} is stored in the region store: the continuous-data-protection window is empty; choose a recovery point")]
+    NoJournal {
+        /// The VM.
+        vm: VmId,
+    },
     /// A seed image could not be read.
     #[error("reading disk image {path} for initial replication")]
     Image {
@@ -142,16 +158,26 @@ impl Processor {
                 self.store_err(StoreError::InvalidArgument("no chunk size".into()))
             })? as u64;
             let file = std::fs::File::open(path).map_err(img_err)?;
-            let mut buf = vec![0u8; cs as usize];
-            let mut index = 0u64;
-            while index * cs < size {
-                let len = (size - index * cs).min(cs) as usize;
-                std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf[..len], index * cs)
+            // Batches of chunks whose objects are stored concurrently.
+            const BATCH: u64 = 8;
+            let chunks = size.div_ceil(cs);
+            let mut buf = vec![0u8; (cs * BATCH) as usize];
+            let mut first = 0u64;
+            while first < chunks {
+                let n = (chunks - first).min(BATCH);
+                let start = first * cs;
+                let len = (size - start).min(cs * n) as usize;
+                std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf[..len], start)
                     .map_err(img_err)?;
-                w.set_chunk(*disk, index, &buf[..len])
+                let batch: Vec<(u64, &[u8])> = buf[..len]
+                    .chunks(cs as usize)
+                    .enumerate()
+                    .map(|(i, c)| (first + i as u64, c))
+                    .collect();
+                w.set_chunks(*disk, &batch)
                     .await
                     .map_err(|e| self.store_err(e))?;
-                index += 1;
+                first += n;
             }
         }
         w.commit(PointMeta {
@@ -314,36 +340,16 @@ impl Processor {
             };
             let cs = u64::from(reader.chunk_size());
             let mut data = reader.read_chunk(index).await.map_err(se)?.as_ref().clone();
-            let chunk_start = index * cs;
-            let chunk_end = chunk_start + data.len() as u64;
-            for r in &records {
-                let start = r.offset.max(chunk_start);
-                let end = (r.offset + r.length).min(chunk_end);
-                if start >= end {
-                    continue;
+            apply_records_to_chunk(&mut data, index * cs, &records).map_err(|r| {
+                ProcessError::OutsideDisk {
+                    vm: self.vm.clone(),
+                    seq: r.seq,
+                    disk: r.disk,
+                    offset: r.offset,
+                    length: r.length,
+                    point: base.id.clone(),
                 }
-                let dst = &mut data[(start - chunk_start) as usize..(end - chunk_start) as usize];
-                match r.kind {
-                    RecordKind::Write => {
-                        let src = (start - r.offset) as usize..(end - r.offset) as usize;
-                        match r.data.get(src) {
-                            Some(s) => dst.copy_from_slice(s),
-                            None => {
-                                return Err(ProcessError::OutsideDisk {
-                                    vm: self.vm.clone(),
-                                    seq: r.seq,
-                                    disk: r.disk,
-                                    offset: r.offset,
-                                    length: r.length,
-                                    point: base.id.clone(),
-                                })
-                            }
-                        }
-                    }
-                    RecordKind::Zero | RecordKind::Trim => dst.fill(0),
-                    RecordKind::Checkpoint => {}
-                }
-            }
+            })?;
             w.set_chunk(disk, index, &data).await.map_err(se)?;
         }
         let point = w
@@ -359,4 +365,36 @@ impl Processor {
         tracing::debug!(vm = %self.vm, point = %point.id, "recovery point cut");
         Ok(point)
     }
+}
+
+/// Applies `records` (in journal order) to the chunk `data` that starts at disk byte
+/// `chunk_start`: writes copy their bytes, zeroes and trims zero (trims are zeroes, so that
+/// points are deterministic), checkpoints do nothing. A write whose data does not cover its range
+/// is returned as the error.
+pub(crate) fn apply_records_to_chunk<'a>(
+    data: &mut [u8],
+    chunk_start: u64,
+    records: &'a [Arc<Record>],
+) -> Result<(), &'a Record> {
+    let chunk_end = chunk_start + data.len() as u64;
+    for r in records {
+        let start = r.offset.max(chunk_start);
+        let end = r.offset.saturating_add(r.length).min(chunk_end);
+        if start >= end {
+            continue;
+        }
+        let dst = &mut data[(start - chunk_start) as usize..(end - chunk_start) as usize];
+        match r.kind {
+            RecordKind::Write => {
+                let src = (start - r.offset) as usize..(end - r.offset) as usize;
+                match r.data.get(src) {
+                    Some(s) => dst.copy_from_slice(s),
+                    None => return Err(r),
+                }
+            }
+            RecordKind::Zero | RecordKind::Trim => dst.fill(0),
+            RecordKind::Checkpoint => {}
+        }
+    }
+    Ok(())
 }

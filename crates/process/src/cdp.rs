@@ -1,0 +1,470 @@
+//! Continuous data protection: the state of a VM at any time (or journal position) inside the
+//! window of raw journal the store still holds, to the write.
+//!
+//! [`state_at`] finds the journal position that a target stands for — for a time `T`, the last
+//! record of the longest journal prefix whose records were all appended at or before `T` (record
+//! times are non-decreasing, so that is the last record with time `<= T`) — then the newest
+//! recovery point at or before that position (the *base*), and materializes every chunk the
+//! records between them touch: the base's chunk with the records applied in journal order
+//! (zeroes and trims give zeroes), exactly as the processor cuts a point. The result,
+//! [`PointInTime`], reads any chunk of any disk: the materialized one if the records touched it,
+//! else the base's.
+//!
+//! The window starts at the oldest stored record that a stored point can reach with stored
+//! records only; a target before it is refused ([`ProcessError::BeforeWindow`]). A target after
+//! the last stored record gives the state at the last record ([`PointInTime::after_last`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lifeboat_journal::{parse_segment, Record};
+use lifeboat_store::{PointRecord, SegmentRef, Store, StoreError};
+use lifeboat_types::{DiskId, RecordKind, Seq, VmId};
+
+use crate::processor::apply_records_to_chunk;
+use crate::ProcessError;
+
+/// What to restore: a time or a journal position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The state after every record appended at or before this time.
+    Time(SystemTime),
+    /// The state after every record up to this sequence number.
+    Seq(Seq),
+}
+
+/// A VM's state at one journal position: a base point plus the chunks changed since.
+#[derive(Debug, Clone)]
+pub struct PointInTime {
+    /// The newest point at or before `seq`.
+    pub base: PointRecord,
+    /// The journal position: the state after every record up to this one.
+    pub seq: Seq,
+    /// The append time of record `seq` (the base point's time if the record is not stored).
+    pub time: SystemTime,
+    /// The target was after the last stored record: this is the state at the last record.
+    pub after_last: bool,
+    /// Records applied on top of the base.
+    pub records: u64,
+    /// Every chunk changed since the base, materialized, by (disk, chunk index).
+    pub overlay: BTreeMap<(DiskId, u64), Vec<u8>>,
+    vm: VmId,
+}
+
+impl PointInTime {
+    /// Chunk `index` of `disk` at this position (the last chunk of a disk may be short).
+    pub async fn read_disk_chunk(
+        &self,
+        store: &Store,
+        disk: DiskId,
+        index: u64,
+    ) -> Result<Vec<u8>, ProcessError> {
+        if let Some(c) = self.overlay.get(&(disk, index)) {
+            return Ok(c.clone());
+        }
+        let reader = store
+            .disk_reader(&self.base, disk)
+            .await
+            .map_err(|e| store_err(&self.vm, e))?;
+        let chunk = reader
+            .read_chunk(index)
+            .await
+            .map_err(|e| store_err(&self.vm, e))?;
+        Ok(chunk.as_ref().clone())
+    }
+}
+
+fn store_err(vm: &VmId, source: StoreError) -> ProcessError {
+    ProcessError::Store {
+        vm: vm.clone(),
+        source: Box::new(source),
+    }
+}
+
+/// A time as UTC text with milliseconds, `YYYY-MM-DDTHH:MM:SS.fffZ` (parsed back by
+/// [`parse_utc`]).
+pub fn format_utc_ms(t: SystemTime) -> String {
+    let base = lifeboat_policy::format_utc(t);
+    let ms = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_millis())
+        .unwrap_or(0);
+    format!("{}.{ms:03}Z", base.trim_end_matches('Z'))
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SS[.fff...]Z` (UTC) or `@UNIXSECONDS[.fff...]` (up to 9 fraction
+/// digits).
+pub fn parse_utc(s: &str) -> Result<SystemTime, String> {
+    let bad = || {
+        format!(
+            "invalid time {s:?}: expected YYYY-MM-DDTHH:MM:SS[.fff]Z (UTC) or @UNIXSECONDS[.fff]"
+        )
+    };
+    let frac_ns = |f: &str| -> Result<u64, String> {
+        if f.is_empty() || f.len() > 9 || !f.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let mut digits = f.to_string();
+        while digits.len() < 9 {
+            digits.push('0');
+        }
+        digits.parse().map_err(|_| bad())
+    };
+    let split = |t: &str| -> Result<(String, u64), String> {
+        match t.split_once('.') {
+            Some((a, f)) => Ok((a.to_string(), frac_ns(f)?)),
+            None => Ok((t.to_string(), 0)),
+        }
+    };
+    if let Some(rest) = s.strip_prefix('@') {
+        let (secs, ns) = split(rest)?;
+        if secs.is_empty() || !secs.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let secs: u64 = secs.parse().map_err(|_| bad())?;
+        return UNIX_EPOCH
+            .checked_add(Duration::new(secs, ns as u32))
+            .ok_or_else(bad);
+    }
+    let body = s.strip_suffix('Z').ok_or_else(bad)?;
+    let (main, ns) = split(body)?;
+    let b = main.as_bytes();
+    if b.len() != 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return Err(bad());
+    }
+    let num = |r: std::ops::Range<usize>| -> Result<i64, String> {
+        let t = &main[r];
+        if !t.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(bad());
+        }
+        t.parse().map_err(|_| bad())
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let dim = match mo {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return Err(bad()),
+    };
+    if y < 1970 || d < 1 || d > dim || h > 23 || mi > 59 || sec > 59 {
+        return Err(bad());
+    }
+    // Howard Hinnant's days_from_civil.
+    let (yy, mm) = if mo <= 2 {
+        (y - 1, mo + 9)
+    } else {
+        (y, mo - 3)
+    };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let doy = (153 * mm + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec;
+    let secs = u64::try_from(secs).map_err(|_| bad())?;
+    UNIX_EPOCH
+        .checked_add(Duration::new(secs, ns as u32))
+        .ok_or_else(bad)
+}
+
+/// What the first pass over the stored journal found.
+struct Scan {
+    /// The first stored record.
+    first: (Seq, SystemTime),
+    /// The last stored record read.
+    last: (Seq, SystemTime),
+    /// For a time target: the last record of the prefix appended at or before it.
+    at_time: Option<(Seq, SystemTime)>,
+    /// Times of the records at the points' positions.
+    point_times: HashMap<Seq, SystemTime>,
+    /// The scan stopped before the end of the journal (a record after the target time).
+    stopped: bool,
+}
+
+async fn load(store: &Store, vm: &VmId, seg: &SegmentRef) -> Result<Vec<Record>, ProcessError> {
+    let bytes = store
+        .get_segment(vm, seg)
+        .await
+        .map_err(|e| store_err(vm, e))?;
+    let (_, records) = parse_segment(&bytes).map_err(|source| ProcessError::Segment {
+        vm: vm.clone(),
+        key: seg.key.clone(),
+        source,
+    })?;
+    Ok(records)
+}
+
+async fn scan(
+    store: &Store,
+    vm: &VmId,
+    segments: &[SegmentRef],
+    points: &[PointRecord],
+    target: Target,
+) -> Result<Option<Scan>, ProcessError> {
+    let wanted: std::collections::HashSet<Seq> = points.iter().map(|p| p.seq()).collect();
+    let mut out: Option<Scan> = None;
+    let mut expected: Option<Seq> = None;
+    for seg in segments {
+        if let (Target::Seq(s), Some(o)) = (target, &out) {
+            // Past the target and the first record: the rest is not needed.
+            if seg.first_seq > s && o.last.0 >= s {
+                o_stop(&mut out);
+                break;
+            }
+        }
+        for rec in load(store, vm, seg).await? {
+            if let Some(e) = expected {
+                if rec.seq < e {
+                    continue;
+                }
+                if rec.seq != e {
+                    return Err(ProcessError::Gap {
+                        vm: vm.clone(),
+                        expected: e,
+                        found: rec.seq,
+                    });
+                }
+            }
+            expected = Some(rec.seq.next());
+            let here = (rec.seq, rec.time);
+            let o = out.get_or_insert_with(|| Scan {
+                first: here,
+                last: here,
+                at_time: None,
+                point_times: HashMap::new(),
+                stopped: false,
+            });
+            if let Target::Time(t) = target {
+                if rec.time > t {
+                    o.stopped = true;
+                    return Ok(out);
+                }
+                o.at_time = Some(here);
+            }
+            o.last = here;
+            if wanted.contains(&rec.seq) {
+                o.point_times.insert(rec.seq, rec.time);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn o_stop(out: &mut Option<Scan>) {
+    if let Some(o) = out {
+        o.stopped = true;
+    }
+}
+
+/// The state of `vm` at `target` (see the module doc).
+pub async fn state_at(
+    store: &Store,
+    vm: &VmId,
+    target: Target,
+) -> Result<PointInTime, ProcessError> {
+    let se = |e| store_err(vm, e);
+    let points = store.list_points(vm).await.map_err(se)?;
+    if points.is_empty() {
+        return Err(ProcessError::NoBase { vm: vm.clone() });
+    }
+    let segments = store.list_segments(vm).await.map_err(se)?;
+    let s = scan(store, vm, &segments, &points, target)
+        .await?
+        .ok_or_else(|| ProcessError::NoJournal { vm: vm.clone() })?;
+    // The oldest point that stored records continue from.
+    let p0 = points
+        .iter()
+        .find(|p| p.seq().0.saturating_add(1) >= s.first.0 .0)
+        .ok_or_else(|| {
+            let newest = points.last().map_or(Seq(0), |p| p.seq());
+            ProcessError::Gap {
+                vm: vm.clone(),
+                expected: newest.next(),
+                found: s.first.0,
+            }
+        })?;
+    let start = if p0.seq() >= s.first.0 {
+        let t = s.point_times.get(&p0.seq()).copied().unwrap_or(p0.time());
+        (p0.seq(), t)
+    } else {
+        s.first
+    };
+    let before = |what: String| ProcessError::BeforeWindow {
+        vm: vm.clone(),
+        target: what,
+        start: format!("{} (journal record {})", format_utc_ms(start.1), start.0),
+    };
+    let (seq, time, after_last) = match target {
+        Target::Time(t) => match s.at_time {
+            Some((seq, time)) if seq >= start.0 && time >= start.1 => (seq, time, !s.stopped),
+            _ => return Err(before(format!("time {}", format_utc_ms(t)))),
+        },
+        Target::Seq(q) => {
+            if let Some(p) = points.iter().find(|p| p.seq() == q) {
+                let t = s.point_times.get(&q).copied().unwrap_or(p.time());
+                (q, t, false)
+            } else if q < start.0 {
+                return Err(before(format!("journal record {q}")));
+            } else if q > s.last.0 {
+                (s.last.0, s.last.1, true)
+            } else {
+                // Found by the scan, which read through q; its time is not kept: read again below.
+                (q, UNIX_EPOCH, false)
+            }
+        }
+    };
+    let base = points
+        .iter()
+        .rev()
+        .find(|p| p.seq() <= seq)
+        .cloned()
+        .ok_or_else(|| before(format!("journal record {seq}")))?;
+    let mut pit = PointInTime {
+        seq,
+        time,
+        after_last,
+        records: 0,
+        overlay: BTreeMap::new(),
+        vm: vm.clone(),
+        base,
+    };
+    materialize(store, vm, &segments, &mut pit).await?;
+    Ok(pit)
+}
+
+/// Reads the records after the base up to `pit.seq` and materializes the chunks they touch.
+async fn materialize(
+    store: &Store,
+    vm: &VmId,
+    segments: &[SegmentRef],
+    pit: &mut PointInTime,
+) -> Result<(), ProcessError> {
+    let se = |e| store_err(vm, e);
+    let base = pit.base.clone();
+    let mut readers = BTreeMap::new();
+    for d in &base.disks {
+        let disk = DiskId(d.disk);
+        readers.insert(disk, store.disk_reader(&base, disk).await.map_err(se)?);
+    }
+    let outside = |r: &Record| ProcessError::OutsideDisk {
+        vm: vm.clone(),
+        seq: r.seq,
+        disk: r.disk,
+        offset: r.offset,
+        length: r.length,
+        point: base.id.clone(),
+    };
+    let mut pending: BTreeMap<(DiskId, u64), Vec<Arc<Record>>> = BTreeMap::new();
+    let mut expected = base.seq().next();
+    let end = pit.seq;
+    let from = expected;
+    'segments: for seg in segments
+        .iter()
+        .filter(|s| s.last_seq >= from && s.first_seq <= end)
+    {
+        for rec in load(store, vm, seg).await? {
+            if rec.seq < expected {
+                continue;
+            }
+            if rec.seq > end {
+                break 'segments;
+            }
+            if rec.seq != expected {
+                return Err(ProcessError::Gap {
+                    vm: vm.clone(),
+                    expected,
+                    found: rec.seq,
+                });
+            }
+            expected = rec.seq.next();
+            if rec.seq == end && pit.time == UNIX_EPOCH {
+                pit.time = rec.time;
+            }
+            if rec.kind == RecordKind::Checkpoint {
+                continue;
+            }
+            pit.records += 1;
+            let reader = readers.get(&rec.disk).ok_or_else(|| outside(&rec))?;
+            let stop = rec
+                .offset
+                .checked_add(rec.length)
+                .ok_or_else(|| outside(&rec))?;
+            if stop > reader.size() {
+                return Err(outside(&rec));
+            }
+            if rec.length == 0 {
+                continue;
+            }
+            let cs = u64::from(reader.chunk_size());
+            let (first, last) = (rec.offset / cs, (stop - 1) / cs);
+            let rec = Arc::new(rec);
+            for i in first..=last {
+                pending.entry((rec.disk, i)).or_default().push(rec.clone());
+            }
+        }
+    }
+    if expected <= end {
+        return Err(ProcessError::Gap {
+            vm: vm.clone(),
+            expected,
+            found: end,
+        });
+    }
+    for ((disk, index), records) in pending {
+        let reader = readers.get(&disk).ok_or_else(|| outside(&records[0]))?;
+        let cs = u64::from(reader.chunk_size());
+        let mut data = reader.read_chunk(index).await.map_err(se)?.as_ref().clone();
+        apply_records_to_chunk(&mut data, index * cs, &records).map_err(outside)?;
+        pit.overlay.insert((disk, index), data);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_times_parse_and_format() {
+        let t = parse_utc("2026-11-27T12:31:01.250Z").unwrap();
+        assert_eq!(
+            t.duration_since(UNIX_EPOCH).unwrap(),
+            Duration::from_millis(1_795_782_661_250)
+        );
+        assert_eq!(format_utc_ms(t), "2026-11-27T12:31:01.250Z");
+        assert_eq!(parse_utc("@1795782661.25").unwrap(), t);
+        assert_eq!(parse_utc("1970-01-01T00:00:00Z").unwrap(), UNIX_EPOCH);
+        assert_eq!(
+            parse_utc("2024-02-29T23:59:59.000000001Z")
+                .unwrap()
+                .duration_since(UNIX_EPOCH)
+                .unwrap(),
+            Duration::new(1_709_251_199, 1)
+        );
+        for bad in [
+            "2026-11-27 12:31:01Z",
+            "2026-11-27T12:31:01",
+            "2025-02-29T00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-11-27T24:00:00Z",
+            "2026-11-27T12:31:01.Z",
+            "2026-11-27T12:31:01.1234567890Z",
+            "@",
+            "@-5",
+            "@12.x",
+            "latest",
+        ] {
+            assert!(parse_utc(bad).is_err(), "{bad}");
+        }
+    }
+}
