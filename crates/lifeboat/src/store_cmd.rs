@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use lifeboat_policy::format_utc;
-use lifeboat_process::{Cut, Processor};
+use lifeboat_process::{format_utc_ms, parse_utc, state_at, Cut, PointInTime, Processor, Target};
 use lifeboat_store::{Entry, PointRecord, Store};
 use lifeboat_types::{CheckpointKind, DiskId, Epoch, Seq, VmId};
 
@@ -40,7 +40,9 @@ pub struct RestoreArgs {
     store: String,
     #[arg(long)]
     vm: String,
-    /// `latest`, `latest-app-consistent`, or a point id from `lifeboat points`.
+    /// `latest`, `latest-app-consistent`, a point id from `lifeboat points`, or a time inside the
+    /// continuous-data-protection window, to the write: `YYYY-MM-DDTHH:MM:SS[.fff]Z` (UTC) or
+    /// `@UNIXSECONDS[.fff]`.
     #[arg(long)]
     point: String,
     /// Which disk of the VM.
@@ -141,7 +143,22 @@ async fn pick_point(store: &Store, vm: &VmId, which: &str) -> Result<PointRecord
     found.with_context(|| format!("VM {vm} has no {which} recovery point"))
 }
 
+/// Whether `--point` names a time rather than a point (point ids are `<seq>-crash|app`).
+fn point_is_time(p: &str) -> bool {
+    p.starts_with('@') || (p.ends_with('Z') && p.contains('T'))
+}
+
+/// What a restore wrote from: a recovery point, or a point in time of the journal.
+enum Restored {
+    Point(PointRecord),
+    Time { asked: SystemTime, pit: PointInTime },
+}
+
 pub fn restore(a: RestoreArgs) -> Result<()> {
+    if point_is_time(&a.point) {
+        // Fail on a malformed time before touching anything.
+        parse_utc(&a.point).map_err(anyhow::Error::msg)?;
+    }
     if a.output.exists() {
         bail!(
             "{} exists: restore writes a new file, choose another --output",
@@ -152,6 +169,38 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
     let vm = vm_id(&a.vm)?;
     let tmp = a.output.with_extension("restoring");
     let result = runtime()?.block_on(async {
+        if point_is_time(&a.point) {
+            let asked = parse_utc(&a.point).map_err(anyhow::Error::msg)?;
+            let pit = state_at(&store, &vm, Target::Time(asked)).await?;
+            let disk = DiskId(a.disk);
+            let reader = store
+                .disk_reader(&pit.base, disk)
+                .await
+                .with_context(|| format!("disk {} of point {}", a.disk, pit.base.id))?;
+            let file = std::fs::File::create(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            file.set_len(reader.size())?;
+            let cs = u64::from(reader.chunk_size());
+            for i in 0..reader.chunk_count() {
+                // Zero chunks stay holes in the output.
+                let data = match pit.overlay.get(&(disk, i)) {
+                    Some(c) if c.iter().all(|b| *b == 0) => continue,
+                    Some(c) => c.clone(),
+                    None if reader.entry(i).await? == Entry::Zero => continue,
+                    None => reader
+                        .read_chunk(i)
+                        .await
+                        .with_context(|| {
+                            format!("chunk {i} of disk {} of point {}", a.disk, pit.base.id)
+                        })?
+                        .as_ref()
+                        .clone(),
+                };
+                file.write_all_at(&data, i * cs)?;
+            }
+            file.sync_all()?;
+            return anyhow::Ok(Restored::Time { asked, pit });
+        }
         let point = pick_point(&store, &vm, &a.point).await?;
         let reader = store
             .disk_reader(&point, DiskId(a.disk))
@@ -173,10 +222,35 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
             file.write_all_at(&data, i * cs)?;
         }
         file.sync_all()?;
-        anyhow::Ok(point)
+        anyhow::Ok(Restored::Point(point))
     });
     match result {
-        Ok(point) => {
+        Ok(Restored::Time { asked, pit }) => {
+            std::fs::rename(&tmp, &a.output)?;
+            let mut out = std::io::stdout();
+            writeln!(
+                out,
+                "restored disk {} of VM {vm} as of {} to {}: journal record {} (appended {}), \
+                 point {} plus {} records",
+                a.disk,
+                format_utc_ms(asked),
+                a.output.display(),
+                pit.seq,
+                format_utc_ms(pit.time),
+                pit.base.id,
+                pit.records
+            )?;
+            if pit.after_last {
+                writeln!(
+                    out,
+                    "note: {} is after the last record the region store has received; \
+                     this is the state at that last record",
+                    format_utc_ms(asked)
+                )?;
+            }
+            Ok(())
+        }
+        Ok(Restored::Point(point)) => {
             std::fs::rename(&tmp, &a.output)?;
             let mut out = std::io::stdout();
             writeln!(

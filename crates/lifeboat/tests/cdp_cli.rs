@@ -1,0 +1,140 @@
+//! Any point in time, to the write, through the CLI: seed, serve with shipping, write A, note the
+//! time, write B, stop; `lifeboat restore --point <time>` gives the disk after A only, byte for
+//! byte, with no recovery point cut in between.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{stop, TestDisk, LIFEBOAT};
+use lifeboat_testkit::{hash_file, random_file, require_tool, run_ok, Procs};
+
+const MIB: u64 = 1 << 20;
+
+fn at(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap();
+    format!("@{}.{:09}", d.as_secs(), d.subsec_nanos())
+}
+
+fn restore(store: &str, point: &str, out: &std::path::Path) -> std::process::Output {
+    Command::new(LIFEBOAT)
+        .args([
+            "restore", "--store", store, "--vm", "cdp-1", "--disk", "0", "--point", point,
+            "--output",
+        ])
+        .arg(out)
+        .output()
+        .expect("run lifeboat")
+}
+
+#[test]
+fn restore_to_a_time_gives_the_disk_as_it_was_then() {
+    require_tool("nbdcopy");
+    require_tool("qemu-io");
+    let d = TestDisk::random(8 * MIB, 21);
+    let dir = d.dir.path();
+    let store = dir.join("store");
+    let store_s = store.to_str().unwrap();
+    let original = d.original.to_str().unwrap();
+    run_ok(Command::new(LIFEBOAT).args([
+        "seed",
+        "--store",
+        store_s,
+        "--vm",
+        "cdp-1",
+        "--disk",
+        &format!("0={original}"),
+    ]));
+
+    let mut procs = Procs::new();
+    let s = d.serve(
+        &mut procs,
+        &["--vm", "cdp-1", "--segment-mib", "1", "--ship-to", store_s],
+    );
+    // A: 3 MiB of random data over the start of the disk, and a zeroed range.
+    let a = dir.join("a.img");
+    random_file(&a, (3 * MIB) as usize, 22);
+    run_ok(Command::new("nbdcopy").arg(&a).arg(s.uri()));
+    run_ok(Command::new("qemu-io").args(["-f", "raw", "-c", "write -z 6m 512k", &s.uri()]));
+    let after_a_time = SystemTime::now();
+    let after_a = dir.join("after-a.img");
+    run_ok(Command::new("nbdcopy").arg(s.uri()).arg(&after_a));
+    std::thread::sleep(Duration::from_millis(50));
+    // B: overwrites part of A and data A did not touch.
+    run_ok(Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        "-c",
+        "write -P 0x5a 1m 2m",
+        "-c",
+        "write -P 0xa5 7m 256k",
+        &s.uri(),
+    ]));
+    stop(&mut procs, &s);
+    assert_ne!(
+        hash_file(&after_a),
+        hash_file(&d.image),
+        "B changed nothing"
+    );
+
+    // The time right after A, in both spellings: the disk after A only.
+    let iso = lifeboat_process::format_utc_ms(after_a_time);
+    for (i, point) in [at(after_a_time), iso].iter().enumerate() {
+        let out = dir.join(format!("at-a-{i}.img"));
+        let r = restore(store_s, point, &out);
+        let stdout = String::from_utf8_lossy(&r.stdout);
+        assert!(
+            r.status.success(),
+            "restore --point {point}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        assert!(
+            stdout.contains("journal record") && stdout.contains("point 00000000000000000000"),
+            "{stdout}"
+        );
+        assert!(!stdout.contains("after the last record"), "{stdout}");
+        assert_eq!(
+            hash_file(&out),
+            hash_file(&after_a),
+            "restore --point {point} is not the disk after A"
+        );
+    }
+
+    // After the last record: the final disk, and it says so.
+    let out = dir.join("at-end.img");
+    let r = restore(
+        store_s,
+        &at(SystemTime::now() + Duration::from_secs(3600)),
+        &out,
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        String::from_utf8_lossy(&r.stdout).contains("after the last record"),
+        "{}",
+        String::from_utf8_lossy(&r.stdout)
+    );
+    assert_eq!(hash_file(&out), hash_file(&d.image));
+
+    // Before the window: a clear refusal, nothing written.
+    let out = dir.join("too-early.img");
+    let r = restore(store_s, "2001-01-01T00:00:00Z", &out);
+    assert!(!r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains("before the continuous-data-protection window of VM cdp-1")
+            && err.contains("nothing was written"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    assert!(!out.with_extension("restoring").exists());
+
+    // A malformed time is refused before anything happens.
+    let r = restore(store_s, "2026-02-30T00:00:00Z", &out);
+    assert!(!r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("invalid time"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+}
