@@ -36,22 +36,9 @@ fn restore_to_a_time_gives_the_disk_as_it_was_then() {
     let dir = d.dir.path();
     let store = dir.join("store");
     let store_s = store.to_str().unwrap();
-    let original = d.original.to_str().unwrap();
-    run_ok(Command::new(LIFEBOAT).args([
-        "seed",
-        "--store",
-        store_s,
-        "--vm",
-        "cdp-1",
-        "--disk",
-        &format!("0={original}"),
-    ]));
-
+    // Initial replication of the disk as it is before the VM runs: the point at position 0.
     let mut procs = Procs::new();
-    let s = d.serve(
-        &mut procs,
-        &["--vm", "cdp-1", "--segment-mib", "1", "--ship-to", store_s],
-    );
+    let s = d.seed_and_serve_shipping(&mut procs, "cdp-1", &[]);
     // A: 3 MiB of random data over the start of the disk, and a zeroed range.
     let a = dir.join("a.img");
     random_file(&a, (3 * MIB) as usize, 22);

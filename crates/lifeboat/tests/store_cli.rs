@@ -27,22 +27,8 @@ fn points_are_cut_listed_restored_and_damage_is_refused() {
     let store_s = store.to_str().unwrap();
 
     // Initial replication of the disk as it is before the VM runs: the point at position 0.
-    let original = d.original.to_str().unwrap();
-    run_ok(Command::new(LIFEBOAT).args([
-        "seed",
-        "--store",
-        store_s,
-        "--vm",
-        "app-1",
-        "--disk",
-        &format!("0={original}"),
-    ]));
-
     let mut procs = Procs::new();
-    let s = d.serve(
-        &mut procs,
-        &["--vm", "app-1", "--segment-mib", "1", "--ship-to", store_s],
-    );
+    let s = d.seed_and_serve_shipping(&mut procs, "app-1", &[]);
     let first = dir.join("first.img");
     random_file(&first, (4 * MIB) as usize, 12);
     run_ok(Command::new("nbdcopy").arg(&first).arg(s.uri()));

@@ -124,6 +124,34 @@ impl TestDisk {
         serve(procs, self.dir.path(), &self.image, &self.journal, extra)
     }
 
+    /// The region store directory of this test (`<dir>/store`).
+    pub fn store(&self) -> String {
+        self.dir.path().join("store").to_string_lossy().into_owned()
+    }
+
+    /// Seeds the store with the original image as VM `vm`'s first point (position 0), then
+    /// starts a disk server that ships to the store (1 MiB segments), with `extra` arguments.
+    pub fn seed_and_serve_shipping(
+        &self,
+        procs: &mut Procs,
+        vm: &str,
+        extra: &[&str],
+    ) -> DiskServer {
+        let store = self.store();
+        lifeboat_testkit::run_ok(Command::new(LIFEBOAT).args([
+            "seed",
+            "--store",
+            &store,
+            "--vm",
+            vm,
+            "--disk",
+            &format!("0={}", self.original.display()),
+        ]));
+        let mut args = vec!["--vm", vm, "--segment-mib", "1", "--ship-to", &store];
+        args.extend_from_slice(extra);
+        self.serve(procs, &args)
+    }
+
     /// Replays the whole journal onto the original image (with `lifeboat journal replay`) and
     /// checks that it equals the served image, byte for byte.
     pub fn assert_replay_reproduces(&self) {
