@@ -51,7 +51,20 @@ enum DiskCommand {
     Serve(disk_serve::ServeArgs),
 }
 
+/// Keeps large buffers (4 MiB chunks, 1 MiB NBD payloads, zstd output) in the heap instead of a
+/// fresh `mmap` per allocation: every fresh mapping is page-faulted and zeroed by the kernel
+/// again, which `perf` showed as a third of initial replication's CPU time.
+fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes glibc's allocation thresholds; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    tune_malloc();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG")
