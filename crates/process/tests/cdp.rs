@@ -5,17 +5,17 @@
 //! so that every record has its own millisecond; real shipping to a local-directory store; only
 //! part of the journal processed into points, so that some targets need long overlays.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, SystemTime};
 
-use lifeboat_journal::{parse_segment, Journal, JournalConfig, Record};
+use lifeboat_journal::{parse_segment, Record};
 use lifeboat_process::{state_at, Cut, PointInTime, ProcessError, Processor, Target};
-use lifeboat_ship::Shipper;
-use lifeboat_store::{Store, StoreConfig};
-use lifeboat_types::{CheckpointKind, DiskId, Epoch, Seq, VmId};
+use lifeboat_store::Store;
+use lifeboat_types::{CheckpointKind, DiskId, Seq, VmId};
 
 const DISK: usize = 512 << 10;
-const CHUNK: u32 = 64 << 10;
+use common::CHUNK;
 const DISKS: u32 = 2;
 
 fn vm() -> VmId {
@@ -55,39 +55,14 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_with(
-        dir.path().join("store").to_str().unwrap(),
-        StoreConfig {
-            chunk_size: CHUNK,
-            page_entries: 4,
-            fsync: false,
-            ..StoreConfig::default()
-        },
-    )
-    .unwrap();
     let mut model: Vec<Vec<u8>> = (0..DISKS).map(|d| vec![0x40 + d as u8; DISK]).collect();
-    let imgs: Vec<_> = (0..DISKS as usize)
-        .map(|d| {
-            let p = dir.path().join(format!("disk{d}.img"));
-            std::fs::write(&p, &model[d]).unwrap();
-            p
-        })
-        .collect();
-    let processor = Processor::new(store.clone(), vm());
-    processor
-        .seed(
-            &[(DiskId(0), &imgs[0]), (DiskId(1), &imgs[1])],
-            Seq(0),
-            Epoch(1),
-            SystemTime::now(),
-        )
-        .await
-        .unwrap();
-    let mut jc = JournalConfig::new(vm(), Epoch(1));
-    jc.segment_max_bytes = 100 << 10;
-    let journal = Arc::new(Journal::open(&dir.path().join("journal"), jc).unwrap());
-    let shipper = Shipper::new(vm(), journal.clone(), store.clone());
+    let common::Rig {
+        dir,
+        store,
+        processor,
+        journal,
+        shipper,
+    } = common::rig(&vm(), &model, 100 << 10).await;
 
     let mut models = vec![model.clone()];
     let mut after = vec![SystemTime::UNIX_EPOCH];

@@ -2,18 +2,18 @@
 //! journal, the shipper and a real local-directory store; the processor cuts points; every point
 //! read back equals a model disk replayed to exactly that point's journal position.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use lifeboat_journal::{Journal, JournalConfig};
 use lifeboat_process::{Cut, ProcessError, Processor};
-use lifeboat_ship::Shipper;
-use lifeboat_store::{Store, StoreConfig};
+use lifeboat_store::Store;
 use lifeboat_types::{CheckpointKind, DiskId, Epoch, Seq, VmId};
 use proptest::prelude::*;
 
 const DISK: usize = 1 << 20;
-const CHUNK: u32 = 64 << 10;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -81,41 +81,15 @@ async fn read_disk(store: &Store, point: &lifeboat_store::PointRecord, disk: u32
 }
 
 async fn run(ops: Vec<Op>, base_content: [u8; 2]) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_with(
-        dir.path().join("store").to_str().unwrap(),
-        StoreConfig {
-            chunk_size: CHUNK,
-            page_entries: 4,
-            fsync: false,
-            ..StoreConfig::default()
-        },
-    )
-    .unwrap();
     // The primary's disks before protection, seeded as the first point at position 0.
     let mut model: Vec<Vec<u8>> = base_content.iter().map(|b| vec![*b; DISK]).collect();
-    let imgs: Vec<_> = (0..2)
-        .map(|d| {
-            let p = dir.path().join(format!("disk{d}.img"));
-            std::fs::write(&p, &model[d]).unwrap();
-            p
-        })
-        .collect();
-    let processor = Processor::new(store.clone(), vm());
-    processor
-        .seed(
-            &[(DiskId(0), &imgs[0]), (DiskId(1), &imgs[1])],
-            Seq(0),
-            Epoch(1),
-            SystemTime::now(),
-        )
-        .await
-        .unwrap();
-
-    let mut jc = JournalConfig::new(vm(), Epoch(1));
-    jc.segment_max_bytes = 256 << 10;
-    let journal = Arc::new(Journal::open(&dir.path().join("journal"), jc).unwrap());
-    let shipper = Shipper::new(vm(), journal.clone(), store.clone());
+    let common::Rig {
+        dir: _dir,
+        store,
+        processor,
+        journal,
+        shipper,
+    } = common::rig(&vm(), &model, 256 << 10).await;
     // The model at every checkpoint, by its sequence number.
     let mut expected = Vec::new();
     for op in ops {
