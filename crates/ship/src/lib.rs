@@ -99,12 +99,21 @@ pub struct Shipper {
     vm: VmId,
     journal: Arc<Journal>,
     store: Store,
+    /// The last record this process knows the store has: segments at or below it are not sent
+    /// again while they wait in the spool for the image watermark. Lost on restart, which only
+    /// costs one idempotent resend.
+    shipped: std::sync::Mutex<Seq>,
 }
 
 impl Shipper {
     /// A shipper for `vm`'s journal into `store`.
     pub fn new(vm: VmId, journal: Arc<Journal>, store: Store) -> Self {
-        Shipper { vm, journal, store }
+        Shipper {
+            vm,
+            journal,
+            store,
+            shipped: std::sync::Mutex::new(Seq(0)),
+        }
     }
 
     /// Sends every sealed segment the spool holds, oldest first, then removes from the spool
@@ -122,8 +131,13 @@ impl Shipper {
             .map_err(ShipError::Task)?
             .map_err(journal_err)?;
         let mut report = ShipReport::default();
-        for seg in segments {
-            self.ship_segment(&seg, &mut report).await?;
+        let known = *self.shipped.lock().unwrap_or_else(|p| p.into_inner());
+        if known > Seq(0) {
+            report.shipped_through = Some(known);
+        }
+        for seg in segments.iter().filter(|s| s.last_seq > known) {
+            self.ship_segment(seg, &mut report).await?;
+            *self.shipped.lock().unwrap_or_else(|p| p.into_inner()) = seg.last_seq;
         }
         if let Some(through) = report.shipped_through {
             let upto = through.min(keep_after);

@@ -82,7 +82,13 @@ async fn resend_after_a_crash_is_idempotent_and_keep_after_protects_replay() {
     assert_eq!((r.stored, r.removed), (sealed.len(), 0));
     assert_eq!(j.sealed_segments().unwrap(), sealed);
 
-    // As after a crash between put and removal: everything is sent again, nothing duplicated.
+    // The same shipper does not send again what the store has while it waits in the spool.
+    let r = shipper.ship_once(Seq(0)).await.unwrap();
+    assert_eq!((r.stored, r.already_stored, r.removed), (0, 0, 0));
+
+    // After a crash between put and removal, a new shipper sends everything again: the store
+    // answers AlreadyStored, nothing is duplicated.
+    let shipper = Shipper::new(vm(), j.clone(), store.clone());
     let keep_after = sealed[1].last_seq;
     let r = shipper.ship_once(keep_after).await.unwrap();
     assert_eq!((r.stored, r.already_stored), (0, sealed.len()));
