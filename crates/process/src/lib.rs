@@ -38,9 +38,11 @@
 //! store's writer lease).
 
 mod cdp;
+mod lag;
 mod processor;
 mod retention;
 
 pub use cdp::{format_utc_ms, parse_utc, state_at, PointInTime, Target};
+pub use lag::{percentile, record_lags, Lags};
 pub use processor::{Cut, ProcessError, ProcessReport, Processor};
 pub use retention::{apply_retention, RetentionReport};
