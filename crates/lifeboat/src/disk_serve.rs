@@ -1,6 +1,7 @@
 //! `lifeboat disk serve`: one raw image, one journal, one NBD export.
 //!
-//! Background duties (a 1 s ticker, run off the async threads): append a crash-consistent
+//! Background duties (a ticker, every second or half the segment age if shorter, run off the
+//! async threads): append a crash-consistent
 //! checkpoint marker every `--point-secs` (the recovery-point interval), seal the active segment
 //! when it reaches its age limit, and advance the image's applied watermark every
 //! `--checkpoint-secs`, and with `--ship-to STORE` ship sealed segments to a region store
@@ -54,9 +55,10 @@ pub struct ServeArgs {
     /// Seal a journal segment when it reaches this many MiB.
     #[arg(long, default_value_t = 64)]
     segment_mib: u64,
-    /// Seal a journal segment after this many seconds.
-    #[arg(long, default_value_t = 10)]
-    segment_secs: u64,
+    /// Seal a journal segment after this many seconds (fractions allowed, at least 0.05): the
+    /// shipping delay, and so a floor of the RPO.
+    #[arg(long, default_value_t = 10.0)]
+    segment_secs: f64,
     /// Ship sealed journal segments to this region store (a directory path, `file:///path`,
     /// `s3://bucket/prefix` or `az://container/prefix`); shipped segments leave the journal.
     #[arg(long, value_name = "STORE_URL")]
@@ -78,7 +80,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
     };
     let mut jc = JournalConfig::new(vm.clone(), Epoch(args.epoch));
     jc.segment_max_bytes = args.segment_mib.max(1) << 20;
-    jc.segment_max_age = Duration::from_secs(args.segment_secs.max(1));
+    if !(args.segment_secs.is_finite() && args.segment_secs >= 0.05) {
+        bail!(
+            "--segment-secs {} is out of range: use 0.05 seconds or more",
+            args.segment_secs
+        );
+    }
+    jc.segment_max_age = Duration::from_secs_f64(args.segment_secs);
     let journal = Arc::new(
         Journal::open(&args.journal, jc)
             .with_context(|| format!("opening journal {}", args.journal.display()))?,
@@ -161,6 +169,8 @@ async fn serve(args: ServeArgs, journal: Arc<Journal>, disk: Arc<JournaledDisk>)
         journal.clone(),
         disk.clone(),
         shipper.clone(),
+        // The ticker seals and ships: run it often enough for short segments.
+        Duration::from_secs_f64((args.segment_secs / 2.0).clamp(0.05, 1.0)),
         Duration::from_secs(args.checkpoint_secs.max(1)),
         (args.point_secs > 0).then(|| Duration::from_secs(args.point_secs)),
         stop_rx.clone(),
@@ -261,11 +271,12 @@ async fn background(
     journal: Arc<Journal>,
     disk: Arc<JournaledDisk>,
     shipper: Option<Arc<Shipper>>,
+    tick_every: Duration,
     checkpoint_every: Duration,
     point_every: Option<Duration>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(tick_every);
     let mut last_checkpoint = Instant::now();
     let mut last_point = Instant::now();
     // The image's applied watermark (set at open); shipping never removes records after it.

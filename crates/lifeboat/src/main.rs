@@ -43,6 +43,8 @@ enum Command {
     Process(store_cmd::ProcessArgs),
     /// Store whole disk images as a VM's first recovery point (initial replication).
     Seed(store_cmd::SeedArgs),
+    /// Replication lag of every record: from its append to the first point holding it.
+    Lag(store_cmd::LagArgs),
 }
 
 #[derive(Subcommand)]
@@ -82,6 +84,7 @@ fn main() -> std::process::ExitCode {
         Command::Verify(a) => store_cmd::verify(a),
         Command::Process(a) => store_cmd::process(a),
         Command::Seed(a) => store_cmd::seed(a),
+        Command::Lag(a) => store_cmd::lag(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

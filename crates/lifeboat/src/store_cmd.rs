@@ -68,6 +68,19 @@ pub struct ProcessArgs {
     /// Also cut a point at the last record received ("latest").
     #[arg(long)]
     latest: bool,
+    /// Keep processing, every `--every-ms`, until SIGINT or SIGTERM.
+    #[arg(long)]
+    follow: bool,
+    #[arg(long, default_value_t = 1000)]
+    every_ms: u64,
+}
+
+#[derive(Args)]
+pub struct LagArgs {
+    #[arg(long)]
+    store: String,
+    #[arg(long)]
+    vm: String,
 }
 
 #[derive(Args)]
@@ -305,8 +318,13 @@ pub fn process(a: ProcessArgs) -> Result<()> {
     } else {
         Cut::AtMarkers
     };
-    let report = runtime()?
-        .block_on(Processor::new(store, vm.clone()).process(cut))
+    let processor = Processor::new(store, vm.clone());
+    let rt = runtime()?;
+    if a.follow {
+        return rt.block_on(follow(&processor, &vm, cut, a.every_ms.max(10)));
+    }
+    let report = rt
+        .block_on(processor.process(cut))
         .with_context(|| format!("processing the journal of VM {vm}"))?;
     for p in &report.points {
         println!("{} {} {}", p.id, p.kind, format_utc(p.time()));
@@ -317,6 +335,59 @@ pub fn process(a: ProcessArgs) -> Result<()> {
         report.records,
         report.last_seq.map(|s| s.0).unwrap_or(0)
     );
+    Ok(())
+}
+
+/// Processes every `every_ms` until SIGINT/SIGTERM; a failed pass is logged and retried.
+async fn follow(processor: &Processor, vm: &VmId, cut: Cut, every_ms: u64) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(every_ms));
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        match processor.process(cut).await {
+            Ok(r) if !r.points.is_empty() => {
+                tracing::debug!(vm = %vm, points = r.points.len(), records = r.records, "processed")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                vm = %vm,
+                error = format!("{:#}", anyhow::Error::new(e)),
+                "processing failed; will retry"
+            ),
+        }
+    }
+}
+
+/// Replication lag per record: append to the commit of the first point holding it.
+pub fn lag(a: LagArgs) -> Result<()> {
+    let store = open(&a.store)?;
+    let vm = vm_id(&a.vm)?;
+    let mut lags = runtime()?
+        .block_on(lifeboat_process::record_lags(&store, &vm))
+        .with_context(|| format!("measuring the replication lag of VM {vm}"))?;
+    let ms = |p: f64, l: &mut [std::time::Duration]| {
+        lifeboat_process::percentile(l, p)
+            .map(|d| format!("{:.1}", d.as_secs_f64() * 1000.0))
+            .unwrap_or_else(|| "-".into())
+    };
+    for (what, l) in [
+        ("to_store", &mut lags.to_store),
+        ("to_point", &mut lags.to_point),
+    ] {
+        println!(
+            "{what} records {} p50_ms {} p99_ms {} max_ms {}",
+            l.len(),
+            ms(50.0, l),
+            ms(99.0, l),
+            ms(100.0, l)
+        );
+    }
     Ok(())
 }
 
