@@ -86,6 +86,23 @@ pub(crate) struct Active {
     pub last_ms: u32,
 }
 
+impl Active {
+    /// A segment just created with only its header.
+    fn empty(file: File, path: PathBuf, first_seq: Seq, epoch: Epoch, created: SystemTime) -> Self {
+        Active {
+            file: Arc::new(file),
+            path,
+            first_seq,
+            epoch,
+            len: crate::format::SEGMENT_HEADER_LEN as u64,
+            records: 0,
+            first_record_at: None,
+            created,
+            last_ms: 0,
+        }
+    }
+}
+
 /// A segment whose trailer is written but which is not yet durable and renamed.
 #[derive(Clone)]
 struct Closing {
@@ -374,17 +391,7 @@ impl Journal {
         let header = self.header(first, created);
         let (file, path) = files::create_fast(&self.dir, &header)?;
         debug!(path = %path.display(), "journal segment created");
-        Ok(Active {
-            file: Arc::new(file),
-            path,
-            first_seq: first,
-            epoch: self.config.epoch,
-            len: crate::format::SEGMENT_HEADER_LEN as u64,
-            records: 0,
-            first_record_at: None,
-            created,
-            last_ms: 0,
-        })
+        Ok(Active::empty(file, path, first, self.config.epoch, created))
     }
 
     fn header(&self, first: Seq, created: SystemTime) -> SegmentHeader {
@@ -585,17 +592,7 @@ impl Journal {
                 let created = SystemTime::now();
                 let (file, path) =
                     files::create_durable(&self.dir, &self.dir_file, &self.header(first, created))?;
-                st.active = Some(Active {
-                    file: Arc::new(file),
-                    path,
-                    first_seq: first,
-                    epoch: self.config.epoch,
-                    len: crate::format::SEGMENT_HEADER_LEN as u64,
-                    records: 0,
-                    first_record_at: None,
-                    created,
-                    last_ms: 0,
-                });
+                st.active = Some(Active::empty(file, path, first, self.config.epoch, created));
             }
             st.sealed[..n].to_vec()
         };
