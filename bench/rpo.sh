@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # RPO under load: fio random writes at a fixed rate through `lifeboat disk serve` (journaling,
 # shipping sealed segments to a local region store), with `lifeboat process --follow --latest`
-# cutting points at the secondary; then `lifeboat lag` reports, for every journal record, the time
-# from its append (the guest's acknowledgement follows within microseconds) to the commit of the
-# first recovery point holding it: p50 / p99 / max.
+# cutting (journal-backed) points at the secondary and storing one every STORE_SECS beside it;
+# then `lifeboat lag` reports, for every journal record, the time from its append (the guest's
+# acknowledgement follows within microseconds) to its segment being stored, and to the first
+# commit of the first recovery point holding it: p50 / p99 / max.
 #
 #   cargo build --release -p lifeboat && bench/rpo.sh
 #
 # Environment: RATES="20m 50m" (fio --rate), RUNTIME=60 (s), SEGMENT_SECS=0.2, EVERY_MS=200,
+#              STORE_SECS=30 (process --store-secs),
 #              LIFEBOAT=target/release/lifeboat, WORKDIR=bench/out
 set -euo pipefail
 RATES="${RATES:-20m 50m}"
 RUNTIME="${RUNTIME:-60}"
 SEGMENT_SECS="${SEGMENT_SECS:-0.2}"
 EVERY_MS="${EVERY_MS:-200}"
+STORE_SECS="${STORE_SECS:-30}"
 LIFEBOAT="${LIFEBOAT:-target/release/lifeboat}"
 WORKBASE="${WORKDIR:-bench/out}"
 [ -x "$LIFEBOAT" ] || { echo "$LIFEBOAT missing: cargo build --release -p lifeboat" >&2; exit 1; }
@@ -34,6 +37,7 @@ for rate in $RATES; do
     --ship-to "$d/store" --segment-secs "$SEGMENT_SECS" --point-secs 0 2>"$d/server.log" &
   server=$!; pids+=("$server")
   "$LIFEBOAT" process --store "$d/store" --vm rpo --latest --follow --every-ms "$EVERY_MS" \
+    --store-secs "$STORE_SECS" \
     2>"$d/process.log" &
   proc=$!; pids+=("$proc")
   for _ in $(seq 100); do [ -S "$d/s" ] && break; sleep 0.1; done
@@ -47,4 +51,4 @@ for rate in $RATES; do
   rm -rf "$d"
 done
 echo
-echo "segments sealed every ${SEGMENT_SECS}s, shipped by the disk server's ticker; points cut every ${EVERY_MS} ms."
+echo "segments sealed every ${SEGMENT_SECS}s, shipped by the disk server's ticker; points cut every ${EVERY_MS} ms, one stored every ${STORE_SECS}s."

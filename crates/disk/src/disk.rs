@@ -205,6 +205,14 @@ impl JournaledDisk {
         Ok(seq)
     }
 
+    /// The last record appended; every record up to it is already written to the image (a
+    /// write appends and applies under the disk's order lock), so a copy of the image started
+    /// after this call holds at least that state (initial replication's start position).
+    pub fn applied_position(&self) -> Seq {
+        let _g = self.lock();
+        self.journal.last_seq()
+    }
+
     fn image_err(&self, source: io::Error) -> DiskError {
         DiskError::Image {
             path: self.image.path().to_path_buf(),

@@ -7,6 +7,8 @@
 //! `--checkpoint-secs`, and with `--ship-to STORE` ship sealed segments to a region store
 //! (`lifeboat-ship`: a segment leaves the journal once the store has it and the image has applied
 //! it; a fenced store stops shipping). SIGUSR1 appends a crash-consistent checkpoint marker to the journal.
+//! With `--ship-to`, a store without a recovery point of the VM first gets the whole image,
+//! copied while the guest keeps writing (`initial_copy`).
 //! SIGTERM / SIGINT: stop accepting, finish in-flight requests, make the journal and image
 //! durable, advance the watermark, seal and ship what is left (with `--ship-to`), remove the
 //! socket, exit 0.
@@ -71,6 +73,11 @@ pub struct ServeArgs {
     /// restart replays, at the cost of an image fdatasync.
     #[arg(long, default_value_t = 30)]
     checkpoint_secs: u64,
+    /// Bandwidth limit of initial replication in MiB/s (0: none). With `--ship-to`, a store
+    /// that has no recovery point of the VM gets the whole image first, copied in the
+    /// background while the guest keeps writing (progress in the log).
+    #[arg(long, default_value_t = 0)]
+    copy_rate_mib: u64,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -163,6 +170,23 @@ async fn serve(args: ServeArgs, journal: Arc<Journal>, disk: Arc<JournaledDisk>)
         }
         None => None,
     };
+    let copier = match (&args.ship_to, args.read_only) {
+        (Some(url), false) => {
+            let store = Store::open(url).with_context(|| format!("opening region store {url}"))?;
+            let (vm, d) = (journal.config().vm.clone(), disk.clone());
+            let epoch = Epoch(args.epoch);
+            let rate = (args.copy_rate_mib > 0).then_some(args.copy_rate_mib << 20);
+            Some(tokio::spawn(async move {
+                if let Err(e) = crate::initial_copy::run(store, vm, d, epoch, rate).await {
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "initial replication failed; it starts again when the server restarts"
+                    );
+                }
+            }))
+        }
+        _ => None,
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
     let ticker = tokio::spawn(background(
@@ -196,6 +220,14 @@ async fn serve(args: ServeArgs, journal: Arc<Journal>, disk: Arc<JournaledDisk>)
         (None, None) => bail!("give --socket PATH or --listen HOST:PORT"),
     }
     signals.abort();
+    if let Some(c) = copier {
+        if !c.is_finished() {
+            tracing::warn!(
+                "stopping during initial replication: it starts again on the next start"
+            );
+        }
+        c.abort();
+    }
     let _ = ticker.await;
     let shipper_present = shipper.is_some();
     let (d, j) = (disk.clone(), journal.clone());

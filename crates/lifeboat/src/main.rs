@@ -9,6 +9,7 @@
 //! Errors print their whole cause chain (anyhow's `{:#}`).
 
 mod disk_serve;
+mod initial_copy;
 mod journal_cmd;
 mod store_cmd;
 

@@ -6,13 +6,14 @@
 
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use lifeboat_policy::format_utc;
-use lifeboat_process::{format_utc_ms, parse_utc, state_at, Cut, PointInTime, Processor, Target};
+use lifeboat_process::{
+    format_utc_ms, open_point, parse_utc, state_at, Cut, PointInTime, Processor, Target,
+};
 use lifeboat_store::{Entry, PointRecord, Store};
 use lifeboat_types::{CheckpointKind, DiskId, Epoch, Seq, VmId};
 
@@ -40,7 +41,8 @@ pub struct RestoreArgs {
     store: String,
     #[arg(long)]
     vm: String,
-    /// `latest`, `latest-app-consistent`, a point id from `lifeboat points`, or a time inside the
+    /// `latest` (alias `latest-processed`: the newest point), `latest-app-consistent`, a point id
+    /// from `lifeboat points`, or a time inside the
     /// continuous-data-protection window, to the write: `YYYY-MM-DDTHH:MM:SS[.fff]Z` (UTC) or
     /// `@UNIXSECONDS[.fff]`.
     #[arg(long)]
@@ -73,6 +75,12 @@ pub struct ProcessArgs {
     follow: bool,
     #[arg(long, default_value_t = 1000)]
     every_ms: u64,
+    /// Store journal-backed points (write their chunks): every marker point, and the newest
+    /// "latest" point once it is this many seconds after the last stored one (the policy's
+    /// crash-consistent interval). 0: store every point as it is cut. With --follow this runs
+    /// beside the processing loop, so cutting points never waits for it.
+    #[arg(long, default_value_t = 300.0)]
+    store_secs: f64,
 }
 
 #[derive(Args)]
@@ -124,18 +132,33 @@ pub fn points(a: PointsArgs) -> Result<()> {
         Output::Json => println!("{}", serde_json::to_string_pretty(&points)?),
         Output::Table => {
             println!(
-                "{:<28} {:<21} {:<17} {:<12} NEW",
-                "POINT", "TIME (UTC)", "KIND", "DISKS"
+                "{:<28} {:<25} {:<17} {:<12} {:<8} NEW",
+                "POINT", "TIME (UTC)", "KIND", "DISKS", "FORM"
             );
             for p in &points {
+                let (form, new) = if !p.is_restorable() {
+                    (
+                        "copy",
+                        format!(
+                            "initial copy: restorable from journal record {} on",
+                            p.copy_end.unwrap_or(p.seq)
+                        ),
+                    )
+                } else if let Some(base) = &p.base {
+                    ("journal", format!("point {base} + journal"))
+                } else {
+                    (
+                        "stored",
+                        format!("{} chunks, {} bytes", p.new_chunks, p.new_bytes),
+                    )
+                };
                 println!(
-                    "{:<28} {:<21} {:<17} {:<12} {} chunks, {} bytes",
+                    "{:<28} {:<25} {:<17} {:<12} {:<8} {new}",
                     p.id,
-                    format_utc(p.time()),
+                    format_utc_ms(p.time()),
                     p.kind,
                     p.disks_summary(),
-                    p.new_chunks,
-                    p.new_bytes
+                    form,
                 );
             }
         }
@@ -144,16 +167,25 @@ pub fn points(a: PointsArgs) -> Result<()> {
 }
 
 async fn pick_point(store: &Store, vm: &VmId, which: &str) -> Result<PointRecord> {
+    let points = store.list_points(vm).await?;
+    let mut restorable = points.iter().rev().filter(|p| p.is_restorable());
     let found = match which {
-        "latest" => store.latest_point(vm).await?,
-        "latest-app-consistent" => {
-            store
-                .latest_point_of_kind(vm, CheckpointKind::AppConsistent)
-                .await?
-        }
+        "latest" | "latest-processed" => restorable.next().cloned(),
+        "latest-app-consistent" => restorable
+            .find(|p| p.checkpoint_kind() == Some(CheckpointKind::AppConsistent))
+            .cloned(),
         id => Some(store.get_point(vm, id).await?),
     };
-    found.with_context(|| format!("VM {vm} has no {which} recovery point"))
+    found.with_context(|| {
+        if points.iter().any(|p| !p.is_restorable()) {
+            format!(
+                "VM {vm} has no {which} recovery point yet: initial replication is still \
+                 catching up"
+            )
+        } else {
+            format!("VM {vm} has no {which} recovery point")
+        }
+    })
 }
 
 /// Whether `--point` names a time rather than a point (point ids are `<seq>-crash|app`).
@@ -185,56 +217,12 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
         if point_is_time(&a.point) {
             let asked = parse_utc(&a.point).map_err(anyhow::Error::msg)?;
             let pit = state_at(&store, &vm, Target::Time(asked)).await?;
-            let disk = DiskId(a.disk);
-            let reader = store
-                .disk_reader(&pit.base, disk)
-                .await
-                .with_context(|| format!("disk {} of point {}", a.disk, pit.base.id))?;
-            let file = std::fs::File::create(&tmp)
-                .with_context(|| format!("creating {}", tmp.display()))?;
-            file.set_len(reader.size())?;
-            let cs = u64::from(reader.chunk_size());
-            for i in 0..reader.chunk_count() {
-                // Zero chunks stay holes in the output.
-                let data = match pit.overlay.get(&(disk, i)) {
-                    Some(c) if c.iter().all(|b| *b == 0) => continue,
-                    Some(c) => c.clone(),
-                    None if reader.entry(i).await? == Entry::Zero => continue,
-                    None => reader
-                        .read_chunk(i)
-                        .await
-                        .with_context(|| {
-                            format!("chunk {i} of disk {} of point {}", a.disk, pit.base.id)
-                        })?
-                        .as_ref()
-                        .clone(),
-                };
-                file.write_all_at(&data, i * cs)?;
-            }
-            file.sync_all()?;
+            write_disk(&store, &pit, DiskId(a.disk), &tmp).await?;
             return anyhow::Ok(Restored::Time { asked, pit });
         }
         let point = pick_point(&store, &vm, &a.point).await?;
-        let reader = store
-            .disk_reader(&point, DiskId(a.disk))
-            .await
-            .with_context(|| format!("disk {} of point {}", a.disk, point.id))?;
-        let file =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        file.set_len(reader.size())?;
-        let cs = u64::from(reader.chunk_size());
-        for i in 0..reader.chunk_count() {
-            // Zero chunks stay holes in the output.
-            if reader.entry(i).await? == Entry::Zero {
-                continue;
-            }
-            let data = reader
-                .read_chunk(i)
-                .await
-                .with_context(|| format!("chunk {i} of disk {} of point {}", a.disk, point.id))?;
-            file.write_all_at(&data, i * cs)?;
-        }
-        file.sync_all()?;
+        let pit = open_point(&store, &vm, &point).await?;
+        write_disk(&store, &pit, DiskId(a.disk), &tmp).await?;
         anyhow::Ok(Restored::Point(point))
     });
     match result {
@@ -272,7 +260,7 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
                 a.disk,
                 point.id,
                 point.kind,
-                format_utc(point.time()),
+                format_utc_ms(point.time()),
                 a.output.display()
             )?;
             Ok(())
@@ -286,6 +274,34 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
             )))
         }
     }
+}
+
+/// Writes disk `disk` of `pit` to the new file `path` (zero chunks stay holes) and syncs it.
+async fn write_disk(store: &Store, pit: &PointInTime, disk: DiskId, path: &Path) -> Result<()> {
+    let reader = store
+        .disk_reader(&pit.base, disk)
+        .await
+        .with_context(|| format!("{disk} of point {}", pit.base.id))?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    file.set_len(reader.size())?;
+    let cs = u64::from(reader.chunk_size());
+    for i in 0..reader.chunk_count() {
+        let data = match pit.overlay.get(&(disk, i)) {
+            Some(c) if c.iter().all(|b| *b == 0) => continue,
+            Some(c) => c.clone(),
+            None if reader.entry(i).await? == Entry::Zero => continue,
+            None => reader
+                .read_chunk(i)
+                .await
+                .with_context(|| format!("chunk {i} of {disk} of point {}", pit.base.id))?
+                .as_ref()
+                .clone(),
+        };
+        file.write_all_at(&data, i * cs)?;
+    }
+    file.sync_all()?;
+    Ok(())
 }
 
 pub fn verify(a: VerifyArgs) -> Result<()> {
@@ -318,16 +334,27 @@ pub fn process(a: ProcessArgs) -> Result<()> {
     } else {
         Cut::AtMarkers
     };
-    let processor = Processor::new(store, vm.clone());
+    if !(a.store_secs.is_finite() && a.store_secs >= 0.0) {
+        bail!(
+            "--store-secs {}: give a number of seconds, 0 or more",
+            a.store_secs
+        );
+    }
+    let interval = std::time::Duration::from_secs_f64(a.store_secs);
+    let processor = std::sync::Arc::new(Processor::new(store, vm.clone()));
     let rt = runtime()?;
     if a.follow {
-        return rt.block_on(follow(&processor, &vm, cut, a.every_ms.max(10)));
+        let (storer, v) = (processor.clone(), vm.clone());
+        let task = rt.spawn(async move { store_loop(&storer, &v, interval).await });
+        let r = rt.block_on(follow(&processor, &vm, cut, a.every_ms.max(10)));
+        task.abort();
+        return r;
     }
     let report = rt
         .block_on(processor.process(cut))
         .with_context(|| format!("processing the journal of VM {vm}"))?;
     for p in &report.points {
-        println!("{} {} {}", p.id, p.kind, format_utc(p.time()));
+        println!("{} {} {}", p.id, p.kind, format_utc_ms(p.time()));
     }
     println!(
         "{} points from {} records (through record {})",
@@ -335,7 +362,34 @@ pub fn process(a: ProcessArgs) -> Result<()> {
         report.records,
         report.last_seq.map(|s| s.0).unwrap_or(0)
     );
+    let stored = rt
+        .block_on(processor.store_due(interval))
+        .with_context(|| format!("storing the recovery points of VM {vm}"))?;
+    for p in &stored {
+        println!(
+            "stored {} ({} new chunks, {} bytes)",
+            p.id, p.new_chunks, p.new_bytes
+        );
+    }
     Ok(())
+}
+
+/// Stores due points, one pass a second, until aborted; a failed pass is logged and retried.
+async fn store_loop(processor: &Processor, vm: &VmId, interval: std::time::Duration) {
+    loop {
+        match processor.store_due(interval).await {
+            Ok(v) if !v.is_empty() => {
+                tracing::debug!(vm = %vm, stored = v.len(), "recovery points stored")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                vm = %vm,
+                error = format!("{:#}", anyhow::Error::new(e)),
+                "storing recovery points failed; will retry"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 /// Processes every `every_ms` until SIGINT/SIGTERM; a failed pass is logged and retried.

@@ -211,7 +211,11 @@ async fn scan(
     points: &[PointRecord],
     target: Target,
 ) -> Result<Option<Scan>, ProcessError> {
-    let wanted: std::collections::HashSet<Seq> = points.iter().map(|p| p.seq()).collect();
+    let wanted: std::collections::HashSet<Seq> = points
+        .iter()
+        .flat_map(|p| [Some(p.seq()), p.copy_end.map(Seq)])
+        .flatten()
+        .collect();
     let mut out: Option<Scan> = None;
     let mut expected: Option<Seq> = None;
     for seg in segments {
@@ -281,9 +285,10 @@ pub async fn state_at(
     let s = scan(store, vm, &segments, &points, target)
         .await?
         .ok_or_else(|| ProcessError::NoJournal { vm: vm.clone() })?;
-    // The oldest point that stored records continue from.
+    // The oldest stored point that stored records continue from.
     let p0 = points
         .iter()
+        .filter(|p| !p.is_journal_backed())
         .find(|p| p.seq().0.saturating_add(1) >= s.first.0 .0)
         .ok_or_else(|| {
             let newest = points.last().map_or(Seq(0), |p| p.seq());
@@ -293,12 +298,25 @@ pub async fn state_at(
                 found: s.first.0,
             }
         })?;
-    let start = if p0.seq() >= s.first.0 {
+    let mut start = if p0.seq() >= s.first.0 {
         let t = s.point_times.get(&p0.seq()).copied().unwrap_or(p0.time());
         (p0.seq(), t)
     } else {
         s.first
     };
+    // An initial copy taken while the VM wrote is consistent only from where the copy ended.
+    if let Some(end) = p0.copy_end.map(Seq).filter(|e| *e > start.0) {
+        match s.point_times.get(&end) {
+            Some(t) => start = (end, *t),
+            None => {
+                return Err(ProcessError::CopyInProgress {
+                    vm: vm.clone(),
+                    point: p0.id.clone(),
+                    copy_end: end,
+                })
+            }
+        }
+    }
     let before = |what: String| ProcessError::BeforeWindow {
         vm: vm.clone(),
         target: what,
@@ -311,6 +329,13 @@ pub async fn state_at(
         },
         Target::Seq(q) => {
             if let Some(p) = points.iter().find(|p| p.seq() == q) {
+                if !p.is_restorable() {
+                    return Err(ProcessError::NotRestorable {
+                        vm: vm.clone(),
+                        point: p.id.clone(),
+                        copy_end: Seq(p.copy_end.unwrap_or(p.seq)),
+                    });
+                }
                 let t = s.point_times.get(&q).copied().unwrap_or(p.time());
                 (q, t, false)
             } else if q < start.0 {
@@ -323,10 +348,7 @@ pub async fn state_at(
             }
         }
     };
-    let base = points
-        .iter()
-        .rev()
-        .find(|p| p.seq() <= seq)
+    let base = crate::processor::stored_base(&points, seq)
         .cloned()
         .ok_or_else(|| before(format!("journal record {seq}")))?;
     let mut pit = PointInTime {
@@ -340,6 +362,47 @@ pub async fn state_at(
     };
     materialize(store, vm, &segments, &mut pit).await?;
     Ok(pit)
+}
+
+/// A reader of recovery point `point`: a stored point is read through its roots, a
+/// journal-backed one through its base and the stored journal ([`state_at`] its position). An
+/// initial copy taken while the VM wrote is refused: it is not a consistent state.
+pub async fn open_point(
+    store: &Store,
+    vm: &VmId,
+    point: &PointRecord,
+) -> Result<PointInTime, ProcessError> {
+    if !point.is_restorable() {
+        return Err(ProcessError::NotRestorable {
+            vm: vm.clone(),
+            point: point.id.clone(),
+            copy_end: Seq(point.copy_end.unwrap_or(point.seq)),
+        });
+    }
+    if point.is_journal_backed() {
+        let pit = state_at(store, vm, Target::Seq(point.seq())).await?;
+        if pit.seq != point.seq() {
+            // The journal ends before the point: its segments are gone.
+            return Err(ProcessError::Gap {
+                vm: vm.clone(),
+                expected: pit.seq.next(),
+                found: point.seq(),
+            });
+        }
+        return Ok(PointInTime {
+            time: point.time(),
+            ..pit
+        });
+    }
+    Ok(PointInTime {
+        base: point.clone(),
+        seq: point.seq(),
+        time: point.time(),
+        after_last: false,
+        records: 0,
+        overlay: BTreeMap::new(),
+        vm: vm.clone(),
+    })
 }
 
 /// Reads the records after the base up to `pit.seq` and materializes the chunks they touch.

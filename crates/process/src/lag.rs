@@ -3,7 +3,8 @@
 //!
 //! * to its segment being stored at the secondary (the object's modification time): from then
 //!   on the write can be restored (any point in time, `state_at`), and survives the primary;
-//! * to the commit of the first recovery point that contains it (a processed point).
+//! * to the commit of the first recovery point that contains it (a processed point; its
+//!   record's first commit, in whichever form).
 //!
 //! `bench/rpo.sh` reports their percentiles.
 
@@ -54,8 +55,11 @@ pub async fn record_lags(store: &Store, vm: &VmId) -> Result<Lags, ProcessError>
             // The first point at or after the record.
             let i = points.partition_point(|p| p.seq() < r.seq);
             if let Some(p) = points.get(i) {
-                lags.to_point
-                    .push(p.time().duration_since(r.time).unwrap_or(Duration::ZERO));
+                lags.to_point.push(
+                    p.cut_time()
+                        .duration_since(r.time)
+                        .unwrap_or(Duration::ZERO),
+                );
             }
         }
     }

@@ -2,47 +2,78 @@
 //!
 //! Runs at the secondary region, next to its store. The store holds, per VM, the recovery
 //! points already made and the journal segments shipped since ([`lifeboat_store::Store`]).
-//! [`Processor::process`] turns the segments after the newest point into new points:
 //!
-//! 1. Start from the newest point (the *base*). Records are read in sequence order from the
-//!    stored segments; records at or before the base's journal position are skipped (a segment
-//!    can straddle a point), and a gap in the sequence numbers is an error: a point is never cut
-//!    from an incomplete journal.
-//! 2. Every write, zero or trim record is noted against the chunks it touches (trims are zeroes:
-//!    points are deterministic).
-//! 3. At every **checkpoint marker** in the journal a point of the marker's kind (crash- or
-//!    app-consistent) is cut at the marker's position and time: each touched chunk is read from the
-//!    base point, the records touching it are applied in journal order, and the chunk is stored
-//!    ([`lifeboat_store::PointWriter`]: unchanged chunks and index pages are shared with the base).
-//!    The new point becomes the base for what follows. The disk server appends crash-consistent
-//!    markers at the policy's interval and app-consistent ones when the guest is frozen.
-//! 4. With [`Cut::Latest`] ("latest": process everything received and cut a point now), a
-//!    crash-consistent point is also cut at the last record received, if it is past the base.
+//! ## Two forms of a point
+//!
+//! A recovery point is a journal position whose state can be read back exactly. It exists in
+//! one of two forms (the same id, kind, time and position either way):
+//!
+//! * **journal-backed**: only its record, naming a *base* (a stored point at or before it); its
+//!   data is the base plus the stored journal records after the base up to the point. Cutting
+//!   one writes one small object, so points appear within one processing pass of their
+//!   records reaching the store: this is what keeps the lag to a processed point under a
+//!   second (bench/rpo.sh).
+//! * **stored**: its own roots, index pages and chunks (shared with other points where
+//!   unchanged). Reading it needs no journal, so it outlives the journal's retention.
+//!
+//! [`Processor::process`] reads the stored segments after the newest point, checks that the
+//! sequence numbers run without a gap (a point is never cut from an incomplete journal) and
+//! that every record lies inside a disk, and cuts a journal-backed point at every
+//! **checkpoint marker** (crash-consistent at the policy's interval, app-consistent when the
+//! guest was frozen) and, with [`Cut::Latest`] ("latest": process everything received and cut
+//! a point now), at the last record received.
+//!
+//! [`Processor::store_point`] turns a journal-backed point into a stored one: from the newest
+//! stored point before it, each chunk the records touch is read, the records are applied in
+//! journal order (trims are zeroes: points are deterministic), and the chunk is stored; records
+//! are held in memory only up to a budget, then applied, so memory is bounded however far
+//! apart the points are. The record is then *replaced* by the stored form (the only record the
+//! store ever overwrites; readers of either form read the same bytes). [`Processor::store_due`]
+//! stores what [`points_to_store`] plans: every marker point, and the newest "latest" point
+//! once it is the policy's crash-consistent interval after the last stored one.
 //!
 //! Every journal prefix is a crash-consistent state of the VM (one journal, one order, for all
 //! its disks), so a point at any record position is a valid crash-consistent point.
 //!
-//! The first point of a VM comes from **initial replication**: [`Processor::seed`] stores whole
-//! disk images as a point at journal position `seq`. If the images were copied while the VM kept
-//! writing, the copy is fuzzy; seeding it at the position where the copy *began* and processing
-//! the journal from there makes it exact, because every byte written during the copy is
-//! rewritten, in order, by its journal records, and every other byte was copied unchanged.
+//! ## Reading
 //!
-//! **Retention** ([`apply_retention`]) deletes the points the policy's thinning drops, the
-//! journal segments older than the CDP window that points already cover, and then the chunks
-//! nothing references any more.
+//! [`open_point`] reads any restorable point in either form; [`state_at`] reads any time (or
+//! journal position) inside the continuous-data-protection window, to the write (see `cdp`).
+//! Both give a [`PointInTime`]: a stored base plus the chunks the journal changed since.
 //!
-//! Crash safety: a point is committed record-last by the store, so a processor killed mid-way
-//! leaves at most unreferenced chunks (garbage-collected later) and redoes the same work on the
-//! next run, from the same base, with the same result. One processor per VM at a time (the
-//! store's writer lease).
+//! ## Initial replication
+//!
+//! The first point of a VM comes from initial replication: [`Processor::seed`] stores whole
+//! disk images as a stored point at journal position `seq`. If the images are copied while the
+//! VM keeps writing ([`Processor::seed_copy`]), the copy is fuzzy: it is stored at the position
+//! where the copy *began* (every record up to it already in the images) as an
+//! **initial-copy** point with the position where the copy *ended* (`copy_end`). Processing
+//! the journal from the start position makes it exact, because every byte written during the
+//! copy is rewritten, in order, by its journal records, and every other byte was copied
+//! unchanged — but only from `copy_end` on: no point before it is cut, the initial copy itself
+//! is never restored ([`ProcessError::NotRestorable`]), and the CDP window starts at
+//! `copy_end`.
+//!
+//! ## Retention
+//!
+//! [`apply_retention`] acts on [`plan_retention`] (pure): ASR's thinning and the policy's
+//! retention; journal-backed "latest" points only inside the CDP window; the stored base of
+//! every kept journal-backed point pinned; the journal kept from the oldest record any kept
+//! point or any time in the window needs; then the chunks nothing references are collected.
+//!
+//! Crash safety: a journal-backed point is one create-only put; a stored point is committed
+//! record-last by the store, so a processor killed mid-way leaves at most unreferenced chunks
+//! (garbage-collected later) and redoes the same work on the next run, with the same result.
+//! One processor per VM at a time (the store's writer lease).
 
 mod cdp;
 mod lag;
+mod plan;
 mod processor;
 mod retention;
 
-pub use cdp::{format_utc_ms, parse_utc, state_at, PointInTime, Target};
+pub use cdp::{format_utc_ms, open_point, parse_utc, state_at, PointInTime, Target};
 pub use lag::{percentile, record_lags, Lags};
-pub use processor::{Cut, ProcessError, ProcessReport, Processor};
+pub use plan::{plan_retention, points_to_store, PointView, RetentionPlan};
+pub use processor::{CopyOptions, Cut, ProcessError, ProcessReport, Processor, Progress};
 pub use retention::{apply_retention, RetentionReport};

@@ -3,11 +3,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use lifeboat_journal::{parse_segment, Record};
-use lifeboat_store::{PointMeta, PointRecord, Store, StoreError};
+use lifeboat_store::{PointMeta, PointOrigin, PointRecord, Store, StoreError};
 use lifeboat_types::{CheckpointKind, DiskId, Epoch, RecordKind, Seq, VmId};
+
+use crate::plan::{points_to_store, PointView};
 
 /// Errors while making recovery points.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +82,26 @@ pub enum ProcessError {
         /// The VM.
         vm: VmId,
     },
+    /// A time or position inside an initial copy that is still being taken or caught up.
+    #[error("initial replication of VM {vm} (point {point}) is consistent only from journal record {copy_end} on, which the region store has not received yet: wait for the first recovery point")]
+    CopyInProgress {
+        /// The VM.
+        vm: VmId,
+        /// The initial-copy point.
+        point: String,
+        /// Where its copy ended.
+        copy_end: Seq,
+    },
+    /// The initial copy itself was asked for.
+    #[error("point {point} of VM {vm} is the initial copy, taken while the VM kept writing: it is not a consistent state and is never restored; choose a point at or after journal record {copy_end}")]
+    NotRestorable {
+        /// The VM.
+        vm: VmId,
+        /// The point.
+        point: String,
+        /// Where its copy ended.
+        copy_end: Seq,
+    },
     /// A seed image could not be read.
     #[error("reading disk image {path} for initial replication")]
     Image {
@@ -103,27 +125,97 @@ pub enum Cut {
 /// What one [`Processor::process`] run made.
 #[derive(Debug, Default)]
 pub struct ProcessReport {
-    /// The points cut, oldest first.
+    /// The points cut (journal-backed), oldest first.
     pub points: Vec<PointRecord>,
-    /// Records applied.
+    /// Records read past the newest point.
     pub records: u64,
     /// The last record read.
     pub last_seq: Option<Seq>,
 }
 
-/// Makes recovery points for one VM in one store.
+/// Progress of initial replication: bytes copied so far and in all.
+pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
+
+/// How [`Processor::seed_copy`] copies.
+pub struct CopyOptions<'a> {
+    /// The VM keeps writing: called once the copy is done, it gives the journal position
+    /// reached meanwhile (the point becomes an initial copy, consistent from there on).
+    pub copy_end: Option<&'a (dyn Fn() -> Seq + Send + Sync)>,
+    /// Called after every batch with (bytes copied, bytes in all).
+    pub progress: Progress<'a>,
+    /// Bandwidth limit of the copy (bytes per second), as operators set for a WAN link.
+    pub max_bytes_per_sec: Option<u64>,
+}
+
+/// Makes recovery points for one VM in one store. Share one processor (`Arc`) between the
+/// processing and storing loops: points it stores become the bases of the points it cuts next.
 pub struct Processor {
     store: Store,
     vm: VmId,
+    /// The newest stored point this processor knows of (read or stored by it).
+    stored: std::sync::Mutex<Option<PointRecord>>,
 }
 
 /// The chunks touched since the base, each with its records in journal order.
 type Pending = BTreeMap<(DiskId, u64), Vec<Arc<Record>>>;
 
+/// Records held in memory while a point is stored; past this they are applied to its chunks.
+const APPLY_BUDGET: usize = 128 << 20;
+
 impl Processor {
     /// A processor for `vm` in `store`.
     pub fn new(store: Store, vm: VmId) -> Self {
-        Processor { store, vm }
+        Processor {
+            store,
+            vm,
+            stored: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn known_stored(&self) -> Option<PointRecord> {
+        self.stored.lock().ok().and_then(|g| g.clone())
+    }
+
+    fn note_stored(&self, p: &PointRecord) {
+        if let Ok(mut g) = self.stored.lock() {
+            if g.as_ref().is_none_or(|k| k.seq() < p.seq()) {
+                *g = Some(p.clone());
+            }
+        }
+    }
+
+    /// The newest point and the stored point new journal-backed points build on: the newest
+    /// point itself if stored, else the newest stored point this processor knows of that is
+    /// still there, else the newest point's recorded base. Reads two records, not all of them.
+    async fn newest_and_base(&self) -> Result<(PointRecord, PointRecord), ProcessError> {
+        let se = |e| self.store_err(e);
+        let ids = self.store.list_point_ids(&self.vm).await.map_err(se)?;
+        let no_base = || ProcessError::NoBase {
+            vm: self.vm.clone(),
+        };
+        let newest = self
+            .store
+            .get_point(&self.vm, ids.last().ok_or_else(no_base)?)
+            .await
+            .map_err(se)?;
+        let Some(recorded) = newest.base.clone() else {
+            self.note_stored(&newest);
+            return Ok((newest.clone(), newest));
+        };
+        if let Some(k) = self.known_stored() {
+            if k.seq() <= newest.seq() && ids.binary_search(&k.id).is_ok() {
+                let recorded_seq = recorded.split('-').next().and_then(|n| n.parse().ok());
+                if recorded_seq.is_none_or(|r: u64| k.seq > r) || k.id == recorded {
+                    return Ok((newest, k));
+                }
+            }
+        }
+        let base = self.store.get_point(&self.vm, &recorded).await.map_err(se)?;
+        if base.is_journal_backed() {
+            return Err(no_base());
+        }
+        self.note_stored(&base);
+        Ok((newest, base))
     }
 
     fn store_err(&self, source: StoreError) -> ProcessError {
@@ -133,8 +225,9 @@ impl Processor {
         }
     }
 
-    /// Initial replication: stores the raw images `disks` (disk id, path) whole as a
-    /// crash-consistent point at journal position `seq` (zero chunks are not stored).
+    /// Initial replication of a VM that is not running (or whose disks do not change): stores
+    /// the raw images `disks` (disk id, path) whole as a crash-consistent point at journal
+    /// position `seq` (zero chunks are not stored).
     pub async fn seed(
         &self,
         disks: &[(DiskId, &Path)],
@@ -142,22 +235,56 @@ impl Processor {
         epoch: Epoch,
         time: SystemTime,
     ) -> Result<PointRecord, ProcessError> {
+        let opts = CopyOptions {
+            copy_end: None,
+            progress: &|_, _| {},
+            max_bytes_per_sec: None,
+        };
+        self.seed_copy(disks, seq, epoch, time, opts).await
+    }
+
+    /// Initial replication while the VM keeps writing: copies the images `disks` as they are
+    /// being written, as an [`PointOrigin::InitialCopy`] point at `seq` — a position whose
+    /// records (and every earlier one) were all in the images before the copy began. After
+    /// the copy, [`CopyOptions::copy_end`] gives the journal position reached meanwhile: the
+    /// first point that may be restored is at or after it (see the crate doc). Without it the
+    /// images are taken as consistent at `seq` (a crash-consistent point).
+    pub async fn seed_copy(
+        &self,
+        disks: &[(DiskId, &Path)],
+        seq: Seq,
+        epoch: Epoch,
+        time: SystemTime,
+        opts: CopyOptions<'_>,
+    ) -> Result<PointRecord, ProcessError> {
+        let CopyOptions {
+            copy_end,
+            progress,
+            max_bytes_per_sec,
+        } = opts;
+        let started = std::time::Instant::now();
         let mut w = self
             .store
             .point_writer(&self.vm, None)
             .await
             .map_err(|e| self.store_err(e))?;
+        let img_err = |path: &Path, source| ProcessError::Image {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut total = 0u64;
+        for (_, path) in disks {
+            total += std::fs::metadata(path).map_err(|e| img_err(path, e))?.len();
+        }
+        let mut done = 0u64;
+        progress(0, total);
         for (disk, path) in disks {
-            let img_err = |source| ProcessError::Image {
-                path: path.to_path_buf(),
-                source,
-            };
-            let size = std::fs::metadata(path).map_err(img_err)?.len();
+            let size = std::fs::metadata(path).map_err(|e| img_err(path, e))?.len();
             w.add_disk(*disk, size).map_err(|e| self.store_err(e))?;
             let cs = w.chunk_size(*disk).ok_or_else(|| {
                 self.store_err(StoreError::InvalidArgument("no chunk size".into()))
             })? as u64;
-            let file = std::fs::File::open(path).map_err(img_err)?;
+            let file = std::fs::File::open(path).map_err(|e| img_err(path, e))?;
             // Batches of chunks whose objects are stored concurrently.
             const BATCH: u64 = 8;
             let chunks = size.div_ceil(cs);
@@ -168,7 +295,7 @@ impl Processor {
                 let start = first * cs;
                 let len = (size - start).min(cs * n) as usize;
                 std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf[..len], start)
-                    .map_err(img_err)?;
+                    .map_err(|e| img_err(path, e))?;
                 let batch: Vec<(u64, &[u8])> = buf[..len]
                     .chunks(cs as usize)
                     .enumerate()
@@ -178,56 +305,47 @@ impl Processor {
                     .await
                     .map_err(|e| self.store_err(e))?;
                 first += n;
+                done += len as u64;
+                progress(done, total);
+                if let Some(rate) = max_bytes_per_sec.filter(|r| *r > 0) {
+                    let due = Duration::from_secs_f64(done as f64 / rate as f64);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
             }
         }
+        let end = copy_end.map(|f| f());
         w.commit(PointMeta {
-            seq,
-            epoch,
-            kind: CheckpointKind::CrashConsistent,
-            time,
-            disks_total: None,
+            origin: if end.is_some() {
+                PointOrigin::InitialCopy
+            } else {
+                PointOrigin::Marker
+            },
+            copy_end: end.map(|e| e.max(seq)),
+            ..PointMeta::marker(seq, epoch, CheckpointKind::CrashConsistent, time)
         })
         .await
         .map_err(|e| self.store_err(e))
     }
 
-    /// Turns the stored segments after the newest point into points (see the crate doc).
+    /// Turns the stored segments after the newest point into journal-backed points, at every
+    /// checkpoint marker and, with [`Cut::Latest`], at the last record (see the crate doc). Only
+    /// point records are written: this is what keeps the lag to a processed point low.
     pub async fn process(&self, cut: Cut) -> Result<ProcessReport, ProcessError> {
-        let mut base = self
-            .store
-            .latest_point(&self.vm)
-            .await
-            .map_err(|e| self.store_err(e))?
-            .ok_or_else(|| ProcessError::NoBase {
-                vm: self.vm.clone(),
-            })?;
-        let segments = self
-            .store
-            .list_segments(&self.vm)
-            .await
-            .map_err(|e| self.store_err(e))?;
+        let se = |e| self.store_err(e);
+        let (newest, base) = self.newest_and_base().await?;
+        let (newest, base) = (&newest, &base);
+        // No point before an initial copy taken while the VM wrote is consistent.
+        let consistent_from = base.copy_end.map_or(Seq(0), Seq);
+        let segments = self.store.list_segments(&self.vm).await.map_err(se)?;
         let mut report = ProcessReport::default();
-        let mut pending = Pending::new();
-        let mut expected = base.seq().next();
-        let mut epoch = base.epoch();
-        // Chunk size per disk (from the base's roots; it never changes for a disk).
-        let mut chunk_sizes = BTreeMap::new();
-        for d in &base.disks {
-            let disk = DiskId(d.disk);
-            let r = self
-                .store
-                .disk_reader(&base, disk)
-                .await
-                .map_err(|e| self.store_err(e))?;
-            chunk_sizes.insert(disk, u64::from(r.chunk_size()));
-        }
+        let mut expected = newest.seq().next();
+        let mut epoch = newest.epoch();
+        let mut last_time = newest.time();
         let first_needed = expected;
         for seg in segments.iter().filter(|s| s.last_seq >= first_needed) {
-            let bytes = self
-                .store
-                .get_segment(&self.vm, seg)
-                .await
-                .map_err(|e| self.store_err(e))?;
+            let bytes = self.store.get_segment(&self.vm, seg).await.map_err(se)?;
             let (header, records) =
                 parse_segment(&bytes).map_err(|source| ProcessError::Segment {
                     vm: self.vm.clone(),
@@ -248,98 +366,164 @@ impl Processor {
                 }
                 expected = rec.seq.next();
                 report.last_seq = Some(rec.seq);
+                last_time = rec.time;
                 if rec.kind == RecordKind::Checkpoint {
+                    if rec.seq < consistent_from {
+                        continue;
+                    }
                     let (kind, time) = rec
                         .checkpoint
                         .map(|c| (c.kind, c.time))
-                        .unwrap_or((CheckpointKind::CrashConsistent, header.created));
-                    base = self
-                        .cut(&base, &mut pending, rec.seq, epoch, kind, time)
-                        .await?;
-                    report.points.push(base.clone());
+                        .unwrap_or((CheckpointKind::CrashConsistent, rec.time));
+                    let meta = PointMeta::marker(rec.seq, epoch, kind, time);
+                    report.points.push(self.journal_point(base, meta).await?);
                 } else {
-                    self.note(&base, &chunk_sizes, &mut pending, rec)?;
+                    check_record(&self.vm, base, &rec)?;
                     report.records += 1;
                 }
             }
         }
         if cut == Cut::Latest {
-            if let Some(last) = report.last_seq.filter(|s| *s > base.seq()) {
-                base = self
-                    .cut(
-                        &base,
-                        &mut pending,
-                        last,
-                        epoch,
-                        CheckpointKind::CrashConsistent,
-                        SystemTime::now(),
-                    )
-                    .await?;
-                report.points.push(base);
+            let newest_cut = report.points.last().map_or(newest.seq(), |p| p.seq());
+            if let Some(last) = report
+                .last_seq
+                .filter(|s| *s > newest_cut && *s >= consistent_from)
+            {
+                let meta = PointMeta {
+                    origin: PointOrigin::Latest,
+                    ..PointMeta::marker(last, epoch, CheckpointKind::CrashConsistent, last_time)
+                };
+                report.points.push(self.journal_point(base, meta).await?);
             }
         }
         Ok(report)
     }
 
-    /// Notes a data record against the chunks it touches.
-    fn note(
+    async fn journal_point(
         &self,
         base: &PointRecord,
-        chunk_sizes: &BTreeMap<DiskId, u64>,
-        pending: &mut Pending,
-        rec: Record,
-    ) -> Result<(), ProcessError> {
-        let outside = || ProcessError::OutsideDisk {
-            vm: self.vm.clone(),
-            seq: rec.seq,
-            disk: rec.disk,
-            offset: rec.offset,
-            length: rec.length,
-            point: base.id.clone(),
-        };
-        let d = base.disk(rec.disk).ok_or_else(outside)?;
-        let end = rec.offset.checked_add(rec.length).ok_or_else(outside)?;
-        if end > d.size {
-            return Err(outside());
-        }
-        if rec.length == 0 {
-            return Ok(());
-        }
-        let cs = chunk_sizes.get(&rec.disk).copied().ok_or_else(outside)?;
-        let (first, last) = (rec.offset / cs, (end - 1) / cs);
-        let rec = Arc::new(rec);
-        for i in first..=last {
-            pending.entry((rec.disk, i)).or_default().push(rec.clone());
-        }
-        Ok(())
+        meta: PointMeta,
+    ) -> Result<PointRecord, ProcessError> {
+        let p = self
+            .store
+            .put_journal_point(&self.vm, base, meta)
+            .await
+            .map_err(|e| self.store_err(e))?;
+        tracing::debug!(vm = %self.vm, point = %p.id, base = %base.id, "recovery point cut");
+        Ok(p)
     }
 
-    /// Cuts a point at `seq`: applies the pending records to their chunks of `base`.
-    async fn cut(
-        &self,
-        base: &PointRecord,
-        pending: &mut Pending,
-        seq: Seq,
-        epoch: Epoch,
-        kind: CheckpointKind,
-        time: SystemTime,
-    ) -> Result<PointRecord, ProcessError> {
+    /// Stores the journal-backed point `point`: from the newest stored point before it, applies
+    /// the stored journal records up to it to the chunks they touch, and commits the result as
+    /// the point's stored form ([`lifeboat_store::PointWriter::commit_stored`]). Records are held
+    /// in memory up to a budget, then applied, so memory stays bounded however far apart the
+    /// points are. A point already stored is returned as it is.
+    pub async fn store_point(&self, point: &PointRecord) -> Result<PointRecord, ProcessError> {
         let se = |e| self.store_err(e);
+        if !point.is_journal_backed() {
+            return Ok(point.clone());
+        }
+        let points = self.store.list_points(&self.vm).await.map_err(se)?;
+        let base = stored_base(&points, point.seq())
+            .ok_or_else(|| ProcessError::NoBase {
+                vm: self.vm.clone(),
+            })?
+            .clone();
+        let segments = self.store.list_segments(&self.vm).await.map_err(se)?;
         let mut w = self
             .store
-            .point_writer(&self.vm, Some(base))
+            .point_writer(&self.vm, Some(&base))
             .await
             .map_err(se)?;
-        let mut readers = BTreeMap::new();
-        for ((disk, index), records) in std::mem::take(pending) {
-            let reader = match readers.entry(disk) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    e.insert(self.store.disk_reader(base, disk).await.map_err(se)?)
+        let chunk_sizes: BTreeMap<DiskId, u64> = w
+            .disks()
+            .into_iter()
+            .filter_map(|(d, _)| Some((d, u64::from(w.chunk_size(d)?))))
+            .collect();
+        let mut pending = Pending::new();
+        let mut held = 0usize;
+        let mut expected = base.seq().next();
+        let end = point.seq();
+        'segments: for seg in segments
+            .iter()
+            .filter(|s| s.last_seq >= base.seq().next() && s.first_seq <= end)
+        {
+            let bytes = self.store.get_segment(&self.vm, seg).await.map_err(se)?;
+            let (_, records) = parse_segment(&bytes).map_err(|source| ProcessError::Segment {
+                vm: self.vm.clone(),
+                key: seg.key.clone(),
+                source,
+            })?;
+            for rec in records {
+                if rec.seq < expected {
+                    continue;
                 }
-            };
-            let cs = u64::from(reader.chunk_size());
-            let mut data = reader.read_chunk(index).await.map_err(se)?.as_ref().clone();
+                if rec.seq > end {
+                    break 'segments;
+                }
+                if rec.seq != expected {
+                    return Err(ProcessError::Gap {
+                        vm: self.vm.clone(),
+                        expected,
+                        found: rec.seq,
+                    });
+                }
+                expected = rec.seq.next();
+                if rec.kind == RecordKind::Checkpoint {
+                    continue;
+                }
+                check_record(&self.vm, &base, &rec)?;
+                held += rec.data.len() + 64;
+                note(&chunk_sizes, &mut pending, rec);
+                if held >= APPLY_BUDGET {
+                    self.apply(&base, &mut w, &mut pending).await?;
+                    held = 0;
+                }
+            }
+        }
+        if expected <= end {
+            return Err(ProcessError::Gap {
+                vm: self.vm.clone(),
+                expected,
+                found: end,
+            });
+        }
+        self.apply(&base, &mut w, &mut pending).await?;
+        let stored = w.commit_stored(point).await.map_err(se)?;
+        self.note_stored(&stored);
+        tracing::debug!(vm = %self.vm, point = %stored.id, base = %base.id, "recovery point stored");
+        Ok(stored)
+    }
+
+    /// Stores the journal-backed points that are due ([`crate::points_to_store`] with the
+    /// crash-consistent `interval`), oldest first; returns them in their stored form.
+    pub async fn store_due(&self, interval: Duration) -> Result<Vec<PointRecord>, ProcessError> {
+        let points = self
+            .store
+            .list_points(&self.vm)
+            .await
+            .map_err(|e| self.store_err(e))?;
+        let views: Vec<PointView> = points.iter().filter_map(PointView::of).collect();
+        let mut out = Vec::new();
+        for id in points_to_store(&views, interval) {
+            if let Some(p) = points.iter().find(|p| p.id == id) {
+                out.push(self.store_point(p).await?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies the pending records to the writer's chunks.
+    async fn apply(
+        &self,
+        base: &PointRecord,
+        w: &mut lifeboat_store::PointWriter,
+        pending: &mut Pending,
+    ) -> Result<(), ProcessError> {
+        let se = |e| self.store_err(e);
+        for ((disk, index), records) in std::mem::take(pending) {
+            let cs = w.chunk_size(disk).map(u64::from).unwrap_or(1);
+            let mut data = w.read_chunk(disk, index).await.map_err(se)?;
             apply_records_to_chunk(&mut data, index * cs, &records).map_err(|r| {
                 ProcessError::OutsideDisk {
                     vm: self.vm.clone(),
@@ -352,18 +536,48 @@ impl Processor {
             })?;
             w.set_chunk(disk, index, &data).await.map_err(se)?;
         }
-        let point = w
-            .commit(PointMeta {
-                seq,
-                epoch,
-                kind,
-                time,
-                disks_total: None,
-            })
-            .await
-            .map_err(se)?;
-        tracing::debug!(vm = %self.vm, point = %point.id, "recovery point cut");
-        Ok(point)
+        Ok(())
+    }
+}
+
+/// The newest stored (not journal-backed) point at or before `seq`.
+pub(crate) fn stored_base(points: &[PointRecord], seq: Seq) -> Option<&PointRecord> {
+    points
+        .iter()
+        .rev()
+        .find(|p| !p.is_journal_backed() && p.seq() <= seq)
+}
+
+/// Checks that a data record lies inside a disk of `base`.
+fn check_record(vm: &VmId, base: &PointRecord, rec: &Record) -> Result<(), ProcessError> {
+    let outside = || ProcessError::OutsideDisk {
+        vm: vm.clone(),
+        seq: rec.seq,
+        disk: rec.disk,
+        offset: rec.offset,
+        length: rec.length,
+        point: base.id.clone(),
+    };
+    let d = base.disk(rec.disk).ok_or_else(outside)?;
+    let end = rec.offset.checked_add(rec.length).ok_or_else(outside)?;
+    if end > d.size {
+        return Err(outside());
+    }
+    Ok(())
+}
+
+/// Notes a (checked) data record against the chunks it touches.
+fn note(chunk_sizes: &BTreeMap<DiskId, u64>, pending: &mut Pending, rec: Record) {
+    let Some(cs) = chunk_sizes.get(&rec.disk).copied() else {
+        return;
+    };
+    if rec.length == 0 {
+        return;
+    }
+    let (first, last) = (rec.offset / cs, (rec.offset + rec.length - 1) / cs);
+    let rec = Arc::new(rec);
+    for i in first..=last {
+        pending.entry((rec.disk, i)).or_default().push(rec.clone());
     }
 }
 

@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use lifeboat_journal::{parse_segment, Record};
-use lifeboat_process::{state_at, Cut, PointInTime, ProcessError, Processor, Target};
+use lifeboat_process::{open_point, state_at, Cut, PointInTime, ProcessError, Processor, Target};
 use lifeboat_store::Store;
 use lifeboat_types::{CheckpointKind, DiskId, Seq, VmId};
 
@@ -112,6 +112,8 @@ async fn setup() -> Setup {
             journal.seal().unwrap();
             shipper.ship_once(journal.last_seq()).await.unwrap();
             processor.process(Cut::AtMarkers).await.unwrap();
+            // The marker points become stored points (bases for what follows).
+            assert_eq!(processor.store_due(Duration::ZERO).await.unwrap().len(), 3);
         }
     }
     journal.seal().unwrap();
@@ -241,7 +243,30 @@ async fn every_time_in_the_window_reads_back_the_model_at_that_time() {
         .unwrap_err();
     assert!(matches!(e, ProcessError::BeforeWindow { .. }), "{e:?}");
     // Processing everything changes nothing: the same times give the same bytes from newer bases.
-    s.processor.process(Cut::Latest).await.unwrap();
+    let cut = s.processor.process(Cut::Latest).await.unwrap();
+    // Markers at 24, 30 and 36 (the last record is a marker, so no "latest" point on top).
+    let seqs: Vec<u64> = cut.points.iter().map(|p| p.seq().0).collect();
+    assert_eq!(seqs, vec![24, 30, 36]);
+    for p in &cut.points {
+        assert!(p.is_journal_backed());
+        let pit = open_point(&s.store, &vm(), p).await.unwrap();
+        check(
+            &s.store,
+            &pit,
+            &s.models[p.seq().0 as usize],
+            "journal-backed",
+        )
+        .await;
+    }
+    let stored = s.processor.store_due(Duration::ZERO).await.unwrap();
+    assert_eq!(stored.len(), 3);
+    for p in &stored {
+        assert!(!p.is_journal_backed());
+        assert!(s.store.disk_reader(p, DiskId(0)).await.is_ok());
+        let pit = open_point(&s.store, &vm(), p).await.unwrap();
+        assert!(pit.overlay.is_empty());
+        check(&s.store, &pit, &s.models[p.seq().0 as usize], "stored").await;
+    }
     for n in [5usize, 19, 29, 36] {
         let pit = state_at(&s.store, &vm(), Target::Time(s.after[n]))
             .await

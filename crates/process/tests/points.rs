@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use lifeboat_journal::{Journal, JournalConfig};
-use lifeboat_process::{Cut, ProcessError, Processor};
+use lifeboat_process::{open_point, Cut, ProcessError, Processor};
 use lifeboat_store::Store;
 use lifeboat_types::{CheckpointKind, DiskId, Epoch, Seq, VmId};
 use proptest::prelude::*;
@@ -72,11 +72,27 @@ fn data(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// A disk of a point, read through `open_point` (journal-backed or stored), and for a stored
+/// point also straight through its roots: both must agree.
 async fn read_disk(store: &Store, point: &lifeboat_store::PointRecord, disk: u32) -> Vec<u8> {
-    let r = store.disk_reader(point, DiskId(disk)).await.unwrap();
-    let mut buf = vec![0u8; r.size() as usize];
-    let n = r.read_at(0, &mut buf).await.unwrap();
-    assert_eq!(n, buf.len());
+    let pit = open_point(store, &vm(), point).await.unwrap();
+    let mut buf = Vec::with_capacity(DISK);
+    for i in 0..(DISK as u64).div_ceil(u64::from(common::CHUNK)) {
+        buf.extend(pit.read_disk_chunk(store, DiskId(disk), i).await.unwrap());
+    }
+    if !point.is_journal_backed() {
+        let r = store.disk_reader(point, DiskId(disk)).await.unwrap();
+        let mut direct = vec![0u8; r.size() as usize];
+        let n = r.read_at(0, &mut direct).await.unwrap();
+        assert_eq!(n, direct.len());
+        assert!(
+            direct == buf,
+            "point {}: roots and open_point disagree",
+            point.id
+        );
+    } else {
+        assert!(store.disk_reader(point, DiskId(disk)).await.is_err());
+    }
     buf
 }
 
@@ -92,6 +108,7 @@ async fn run(ops: Vec<Op>, base_content: [u8; 2]) {
     } = common::rig(&vm(), &model, 256 << 10).await;
     // The model at every checkpoint, by its sequence number.
     let mut expected = Vec::new();
+    let mut seals = 0u32;
     for op in ops {
         match op {
             Op::Write {
@@ -131,9 +148,14 @@ async fn run(ops: Vec<Op>, base_content: [u8; 2]) {
             }
             Op::Seal => {
                 journal.seal().unwrap();
-                // Ship and process part-way: processing resumes from the newest point.
+                // Ship and process part-way: processing resumes from the newest point; every
+                // other time the points cut so far are stored (so bases vary).
                 shipper.ship_once(journal.last_seq()).await.unwrap();
                 processor.process(Cut::AtMarkers).await.unwrap();
+                seals += 1;
+                if seals.is_multiple_of(2) {
+                    processor.store_due(Duration::ZERO).await.unwrap();
+                }
             }
         }
     }
@@ -142,8 +164,21 @@ async fn run(ops: Vec<Op>, base_content: [u8; 2]) {
     let report = processor.process(Cut::Latest).await.unwrap();
     let last = journal.last_seq();
 
+    // Every point twice: as cut (journal-backed or stored), then all stored.
+    for round in 0..2 {
+        if round == 1 {
+            processor.store_due(Duration::ZERO).await.unwrap();
+        }
+        check_points(&store, &expected).await;
+    }
+    check_latest(&store, last, &expected, &model, &report).await;
+}
+
+type Expected = Vec<(Seq, CheckpointKind, SystemTime, Vec<Vec<u8>>)>;
+
+async fn check_points(store: &Store, expected: &Expected) {
     let points = store.list_points(&vm()).await.unwrap();
-    for (seq, kind, time, disks) in &expected {
+    for (seq, kind, time, disks) in expected {
         let p = points
             .iter()
             .find(|p| p.seq() == *seq)
@@ -152,12 +187,21 @@ async fn run(ops: Vec<Op>, base_content: [u8; 2]) {
         assert_eq!(p.time(), *time, "time of point {}", p.id);
         for d in 0..2u32 {
             assert!(
-                read_disk(&store, p, d).await == disks[d as usize],
+                read_disk(store, p, d).await == disks[d as usize],
                 "point {} disk {d} differs from the model",
                 p.id
             );
         }
     }
+}
+
+async fn check_latest(
+    store: &Store,
+    last: Seq,
+    expected: &Expected,
+    model: &[Vec<u8>],
+    report: &lifeboat_process::ProcessReport,
+) {
     // "Latest": a point at the last record, equal to the final model.
     let latest = store.latest_point(&vm()).await.unwrap().unwrap();
     assert!(
@@ -173,7 +217,7 @@ async fn run(ops: Vec<Op>, base_content: [u8; 2]) {
     }
     for d in 0..2u32 {
         assert!(
-            read_disk(&store, &latest, d).await == model[d as usize],
+            read_disk(store, &latest, d).await == model[d as usize],
             "latest point disk {d} differs"
         );
     }

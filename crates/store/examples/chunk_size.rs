@@ -59,12 +59,13 @@ async fn main() {
             ..StoreConfig::default()
         };
         let store = Store::open_with(dir.path().to_str().expect("utf8"), cfg).expect("open");
-        let meta = |seq| PointMeta {
-            seq: Seq(seq),
-            epoch: Epoch(1),
-            kind: CheckpointKind::CrashConsistent,
-            time: SystemTime::now(),
-            disks_total: None,
+        let meta = |seq| {
+            PointMeta::marker(
+                Seq(seq),
+                Epoch(1),
+                CheckpointKind::CrashConsistent,
+                SystemTime::now(),
+            )
         };
         let t = Instant::now();
         let mut w = store.point_writer(&vm, None).await.expect("writer");

@@ -159,6 +159,16 @@ pub enum StoreError {
         /// The point id.
         id: String,
     },
+    /// A journal-backed point read through its roots, which are its base's.
+    #[error("recovery point {id} of VM {vm} is journal-backed (point {base} plus journal records): read it through the journal, not its roots")]
+    JournalBacked {
+        /// The VM.
+        vm: VmId,
+        /// The point id.
+        id: String,
+        /// Its base point.
+        base: String,
+    },
     /// No such point.
     #[error("recovery point {id} of VM {vm} not found")]
     PointNotFound {

@@ -462,6 +462,50 @@ pub struct PointRecord {
     pub new_chunks: u64,
     /// Bytes of those chunks as stored (compressed).
     pub new_bytes: u64,
+    /// A **journal-backed** point: its data is point `base` (a stored point) plus the stored
+    /// journal records after it up to `seq`; `disks` then names the base's roots, and the point
+    /// is read through the journal (`lifeboat_process::open_point`), never through its roots.
+    /// Absent: the point is **stored** (its roots are its data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// Why the point was cut.
+    #[serde(default)]
+    pub origin: PointOrigin,
+    /// When the point (in either form) was first committed, nanoseconds since 1970; 0 in
+    /// records that predate the field (then `time_ns`).
+    #[serde(default)]
+    pub cut_ns: u64,
+    /// For an initial copy taken while the VM kept writing: the journal position where the
+    /// copy ended. The copy plus the journal is a consistent state only from there on, so no
+    /// point before it is cut or restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_end: Option<u64>,
+}
+
+/// Why a point was cut.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PointOrigin {
+    /// A checkpoint marker in the journal (the policy's interval, or a frozen guest).
+    #[default]
+    Marker,
+    /// "Latest": cut at the last record received, on request. Beyond the continuous-data-
+    /// protection window such points are kept only if they were stored.
+    Latest,
+    /// Initial replication: the disks as copied while the VM kept writing. Not a consistent
+    /// state by itself (the copy is fuzzy): never restored; the first point after the copy
+    /// ended is.
+    InitialCopy,
+}
+
+impl std::fmt::Display for PointOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PointOrigin::Marker => "marker",
+            PointOrigin::Latest => "latest",
+            PointOrigin::InitialCopy => "initial-copy",
+        })
+    }
 }
 
 /// The highest epoch seen for a VM, at `vms/<vm>/epoch`.

@@ -10,7 +10,9 @@ use crate::format::{
     chunk_key, decode_chunk, decode_json, decode_page, decode_root, id_of_key, page_key, root_key,
     Entry, EpochRecord, LeaseRecord, ObjectId, Root, EPOCH_FORMAT, LEASE_FORMAT, MAX_CHUNK_SIZE,
 };
-use crate::store::{check_id, check_segment_bytes, decode_point, parse_segment_name, Store};
+use crate::store::{
+    check_id, check_segment_bytes, decode_point, parse_segment_name, point_key, Store,
+};
 
 /// Slack for clock granularity and skew between writers, GC and the backend: a writer treats
 /// objects modified up to this long before it started as its own, and GC keeps them.
@@ -93,6 +95,8 @@ impl Store {
         let mut pages: HashMap<ObjectId, Vec<Entry>> = HashMap::new();
         let mut roots: HashMap<ObjectId, Root> = HashMap::new();
         let mut point_keys = Vec::new();
+        // Stored journal ranges per VM (from segment names), for journal-backed points.
+        let mut ranges: HashMap<VmId, Vec<(Seq, Seq)>> = HashMap::new();
         for o in &objects {
             let key = o.key.as_str();
             let top = key.split('/').next().unwrap_or("");
@@ -154,6 +158,9 @@ impl Store {
                         }
                         (Some(vm), [_, _, "segments", name]) => {
                             rep.segments += 1;
+                            if let Some(r) = parse_segment_name(name) {
+                                ranges.entry(vm.clone()).or_default().push(r);
+                            }
                             if let Some(b) = self.verify_segment(&vm, key, name).await {
                                 rep.bad.push(b);
                             }
@@ -214,6 +221,20 @@ impl Store {
                 }
             };
             let mut missing: Vec<String> = Vec::new();
+            if let Some(base) = &point.base {
+                let base_key = point_key(&vm, base);
+                if !objects.iter().any(|o| o.key == base_key) {
+                    missing.push(format!("base point {base_key}"));
+                }
+                let from = Seq(point.seq.min(base_id_seq(base).unwrap_or(point.seq)));
+                let have = ranges.get(&vm).map(Vec::as_slice).unwrap_or(&[]);
+                if let Some(hole) = first_uncovered(have, from.next(), point.seq()) {
+                    missing.push(format!(
+                        "journal records {hole}..={} (no stored segment holds them)",
+                        point.seq()
+                    ));
+                }
+            }
             for d in &point.disks {
                 let Some(r) = roots.get(&d.root) else {
                     missing.push(root_key(&d.root));
@@ -408,5 +429,47 @@ impl JsonRecord for EpochRecord {
 impl JsonRecord for LeaseRecord {
     fn header(&self) -> (&str, u32) {
         (&self.format, self.version)
+    }
+}
+
+/// The journal position in a point id (`<seq:020>-<kind>`).
+fn base_id_seq(id: &str) -> Option<u64> {
+    id.split('-').next()?.parse().ok()
+}
+
+/// The first record in `from..=to` that no range holds (`None`: all held).
+pub(crate) fn first_uncovered(ranges: &[(Seq, Seq)], from: Seq, to: Seq) -> Option<Seq> {
+    let mut sorted = ranges.to_vec();
+    sorted.sort();
+    let mut next = from;
+    for (a, b) in sorted {
+        if next > to {
+            break;
+        }
+        if a > next {
+            return Some(next);
+        }
+        if b >= next {
+            next = b.next();
+        }
+    }
+    (next <= to).then_some(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uncovered_journal_ranges() {
+        let r = [(Seq(5), Seq(9)), (Seq(1), Seq(4)), (Seq(12), Seq(20))];
+        assert_eq!(first_uncovered(&r, Seq(1), Seq(9)), None);
+        assert_eq!(first_uncovered(&r, Seq(3), Seq(8)), None);
+        assert_eq!(first_uncovered(&r, Seq(3), Seq(12)), Some(Seq(10)));
+        assert_eq!(first_uncovered(&r, Seq(12), Seq(21)), Some(Seq(21)));
+        assert_eq!(first_uncovered(&r, Seq(0), Seq(2)), Some(Seq(0)));
+        assert_eq!(first_uncovered(&[], Seq(1), Seq(1)), Some(Seq(1)));
+        // An empty range (a point right at its base) needs nothing.
+        assert_eq!(first_uncovered(&[], Seq(5), Seq(4)), None);
     }
 }

@@ -42,7 +42,15 @@
 //!   id, VM, time (ns since 1970), kind (`crash-consistent`/`app-consistent`), journal position
 //!   `seq`, `epoch`, `disks: [{disk, root, size}]`, `disks_total` (how many disks the VM had
 //!   when the point was cut: a disk that joined later is absent from older points, shown as
-//!   "1 of 2 disks"), and `new_chunks`/`new_bytes` (what this point added).
+//!   "1 of 2 disks"), `new_chunks`/`new_bytes` (what this point added), `cut_ns` (when the
+//!   record was first committed), `origin` (`marker`, `latest` or `initial-copy`), and, for an
+//!   initial copy taken while the VM wrote, `copy_end` (the journal position from which it
+//!   plus the journal is consistent). A **journal-backed** point has `base`: the id of an
+//!   older stored point; its data is that point plus the stored journal records up to `seq`
+//!   (its `disks` repeat the base's roots, and [`Store::disk_reader`] refuses it). It is
+//!   committed with [`Store::put_journal_point`] (one object) and later replaced by its stored
+//!   form ([`PointWriter::commit_stored`]): the one record the store ever overwrites, and only
+//!   while it is journal-backed.
 //! * **Segments** are the journal's own format (`lifeboat_journal::parse_segment`).
 //!
 //! Pages and roots are content-addressed too, so points share unchanged pages, and identical
@@ -101,7 +109,8 @@
 //!
 //! [`Store::verify`] re-reads and re-hashes every object (chunks decoded, pages and roots hashed
 //! and decoded, segments parsed, records parsed) and checks that every point's references exist
-//! and are good; it returns every bad object with its key and the reason.
+//! and are good (for a journal-backed point also its base and stored segments covering every
+//! record up to it); it returns every bad object with its key and the reason.
 //!
 //! ## Concurrency assumptions
 //!
@@ -140,7 +149,7 @@ pub use backend::{
     conformance, open_url, Backend, ObjectBackend, ObjectInfo, OpenOptions, PutMode, PutOutcome,
 };
 pub use error::{FormatError, Result, StoreError};
-pub use format::{Entry, ObjectId, PointDisk, PointRecord, Root};
+pub use format::{Entry, ObjectId, PointDisk, PointOrigin, PointRecord, Root};
 pub use gc::{BadObject, GcReport, VerifyReport, CLOCK_MARGIN};
 pub use reader::DiskReader;
 pub use store::{

@@ -13,7 +13,7 @@ use crate::format::{
     Entry, EpochRecord, ObjectId, PointRecord, Root, EPOCH_FORMAT, POINT_FORMAT,
 };
 use crate::reader::DiskReader;
-use crate::writer::PointWriter;
+use crate::writer::{PointMeta, PointWriter};
 
 /// Default chunk size: 4 MiB (see the measurement in the crate doc).
 pub const DEFAULT_CHUNK_SIZE: u32 = 4 << 20;
@@ -140,6 +140,21 @@ impl PointRecord {
     /// When it was cut.
     pub fn time(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_nanos(self.time_ns)
+    }
+    /// When its record was first committed (its time, in records without `cut_ns`).
+    pub fn cut_time(&self) -> SystemTime {
+        match self.cut_ns {
+            0 => self.time(),
+            ns => UNIX_EPOCH + Duration::from_nanos(ns),
+        }
+    }
+    /// Whether it is journal-backed (read through the journal from its base).
+    pub fn is_journal_backed(&self) -> bool {
+        self.base.is_some()
+    }
+    /// Whether it may be restored: every point but the fuzzy initial copy.
+    pub fn is_restorable(&self) -> bool {
+        self.origin != format::PointOrigin::InitialCopy
     }
     /// Its journal position.
     pub fn seq(&self) -> Seq {
@@ -319,8 +334,64 @@ impl Store {
         PointWriter::start(self.clone(), vm.clone(), base).await
     }
 
-    /// A random-access reader of one disk of a point.
+    /// Commits a **journal-backed** point: the state at `meta.seq` as `base` (a stored point)
+    /// plus the stored journal records after it. Nothing but the record is written, so this is
+    /// cheap; the caller has checked that the stored journal runs without a gap from the base
+    /// to `meta.seq`. The record is put create-only.
+    pub async fn put_journal_point(
+        &self,
+        vm: &VmId,
+        base: &PointRecord,
+        meta: PointMeta,
+    ) -> Result<PointRecord> {
+        if base.base.is_some() || base.vm != vm.as_str() || base.seq() > meta.seq {
+            return Err(StoreError::InvalidArgument(format!(
+                "point {} of VM {} cannot be the base of a journal-backed point of VM {vm} at \
+                 record {}: a base is an older stored point of the same VM",
+                base.id, base.vm, meta.seq
+            )));
+        }
+        let id = point_id(meta.seq, meta.kind);
+        let rec = PointRecord {
+            format: POINT_FORMAT.to_string(),
+            version: 1,
+            id: id.clone(),
+            vm: vm.to_string(),
+            time_ns: to_ns(meta.time),
+            kind: meta.kind.to_string(),
+            seq: meta.seq.0,
+            epoch: meta.epoch.0,
+            disks: base.disks.clone(),
+            disks_total: meta.disks_total.unwrap_or(base.disks_total),
+            new_chunks: 0,
+            new_bytes: 0,
+            base: Some(base.id.clone()),
+            origin: meta.origin,
+            cut_ns: to_ns(SystemTime::now()),
+            copy_end: meta.copy_end.map(|s| s.0),
+        };
+        let body = serde_json::to_vec_pretty(&rec)
+            .map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
+        match self
+            .backend
+            .put(&point_key(vm, &id), Bytes::from(body), PutMode::Create)
+            .await?
+        {
+            PutOutcome::Written => Ok(rec),
+            PutOutcome::AlreadyExists => Err(StoreError::PointExists { vm: vm.clone(), id }),
+        }
+    }
+
+    /// A random-access reader of one disk of a stored point (a journal-backed point is refused:
+    /// its roots are its base's).
     pub async fn disk_reader(&self, point: &PointRecord, disk: DiskId) -> Result<DiskReader> {
+        if let Some(base) = &point.base {
+            return Err(StoreError::JournalBacked {
+                vm: VmId::new(&point.vm).map_err(|e| StoreError::InvalidArgument(e.to_string()))?,
+                id: point.id.clone(),
+                base: base.clone(),
+            });
+        }
         let d = point.disk(disk).ok_or_else(|| StoreError::NoSuchDisk {
             vm: point.vm.clone(),
             id: point.id.clone(),
@@ -568,6 +639,13 @@ pub(crate) fn decode_point(key: &str, vm: &VmId, id: &str, obj: &[u8]) -> Result
     };
     if point_id(Seq(p.seq), kind) != p.id {
         return Err(bad("point id (does not match seq and kind)", &p.id));
+    }
+    if let Some(b) = &p.base {
+        // A base is an older point: its id sorts before this one's.
+        let base_seq = b.split('-').next().and_then(|n| n.parse::<u64>().ok());
+        if b.len() < 21 || base_seq.is_none_or(|n| n > p.seq) || *b == p.id {
+            return Err(bad("base point (must be an older point)", b));
+        }
     }
     Ok(p)
 }

@@ -8,6 +8,7 @@ use lifeboat_types::{CheckpointKind, DiskId, Epoch, Seq, VmId};
 
 use crate::backend::{PutMode, PutOutcome};
 use crate::error::{FormatError, Result, StoreError};
+use crate::format::PointOrigin;
 use crate::format::{
     chunk_key, encode_chunk, encode_page, encode_root, is_zero, page_key, root_key, Entry,
     LeaseRecord, ObjectId, PointDisk, PointRecord, Root, LEASE_FORMAT, POINT_FORMAT,
@@ -27,6 +28,26 @@ pub struct PointMeta {
     pub time: SystemTime,
     /// How many disks the VM had at that time (`None`: the number of disks in the point).
     pub disks_total: Option<u32>,
+    /// Why it was cut.
+    pub origin: PointOrigin,
+    /// An initial copy taken while the VM kept writing: where the copy ended (see
+    /// [`PointRecord::copy_end`]).
+    pub copy_end: Option<Seq>,
+}
+
+impl PointMeta {
+    /// A crash- or app-consistent point cut at a checkpoint marker, with every disk.
+    pub fn marker(seq: Seq, epoch: Epoch, kind: CheckpointKind, time: SystemTime) -> Self {
+        PointMeta {
+            seq,
+            epoch,
+            kind,
+            time,
+            disks_total: None,
+            origin: PointOrigin::Marker,
+            copy_end: None,
+        }
+    }
 }
 
 struct DiskState {
@@ -188,6 +209,48 @@ impl PointWriter {
             },
         );
         Ok(())
+    }
+
+    /// The plain data of chunk `index` of `disk` as this writer has it now (its base's chunk,
+    /// or what was set since).
+    pub async fn read_chunk(&mut self, disk: DiskId, index: u64) -> Result<Vec<u8>> {
+        let vm = self.vm.clone();
+        let d = self.disks.get(&disk.0).ok_or_else(|| {
+            StoreError::InvalidArgument(format!(
+                "{disk} is not in the point being written for VM {vm}"
+            ))
+        })?;
+        if index >= d.root.chunk_count() {
+            return Err(StoreError::InvalidArgument(format!(
+                "chunk {index} is past the end of {disk} of VM {vm} ({} chunks)",
+                d.root.chunk_count()
+            )));
+        }
+        let len = d.root.chunk_len(index);
+        let per = d.root.page_entries as u64;
+        let (page, slot) = ((index / per) as usize, (index % per) as usize);
+        self.load_page(disk.0, page).await?;
+        let entry = self
+            .disks
+            .get(&disk.0)
+            .and_then(|d| d.loaded.get(&page))
+            .and_then(|p| p.get(slot).copied());
+        match entry {
+            Some(Entry::Chunk(id)) => {
+                let data = self.store.get_chunk(&id, len).await?;
+                if data.len() != len {
+                    return Err(StoreError::corrupt(
+                        chunk_key(&id),
+                        FormatError::Invalid {
+                            field: "chunk length (for its disk position)",
+                            value: data.len().to_string(),
+                        },
+                    ));
+                }
+                Ok(data)
+            }
+            _ => Ok(vec![0u8; len]),
+        }
     }
 
     /// Sets chunk `index` of `disk` to `data` (exactly the chunk's length: the chunk size, or
@@ -388,7 +451,34 @@ impl PointWriter {
     }
 
     /// Stores the changed index pages, the roots, and last the point record (create-only).
-    pub async fn commit(mut self, meta: PointMeta) -> Result<PointRecord> {
+    pub async fn commit(self, meta: PointMeta) -> Result<PointRecord> {
+        self.finish(meta, None).await
+    }
+
+    /// Commits this writer as the stored form of the journal-backed point `replaces` (same
+    /// journal position, kind and origin): its record is overwritten by one that names the
+    /// roots just written. Readers of either record read the same bytes. Refused if `replaces`
+    /// is not journal-backed any more (a stored point is never replaced).
+    pub async fn commit_stored(self, replaces: &PointRecord) -> Result<PointRecord> {
+        let meta = PointMeta {
+            seq: replaces.seq(),
+            epoch: replaces.epoch(),
+            kind: replaces.checkpoint_kind().ok_or_else(|| {
+                StoreError::InvalidArgument(format!("point {} has no known kind", replaces.id))
+            })?,
+            time: replaces.time(),
+            disks_total: Some(replaces.disks_total),
+            origin: replaces.origin,
+            copy_end: replaces.copy_end.map(Seq),
+        };
+        self.finish(meta, Some(replaces)).await
+    }
+
+    async fn finish(
+        mut self,
+        meta: PointMeta,
+        replaces: Option<&PointRecord>,
+    ) -> Result<PointRecord> {
         self.refresh_lease_if_due().await?;
         let id = point_id(meta.seq, meta.kind);
         // 1. Index pages (chunks were stored by set_chunk).
@@ -439,14 +529,32 @@ impl PointWriter {
             disks,
             new_chunks: self.new_chunks,
             new_bytes: self.new_bytes,
+            base: None,
+            origin: meta.origin,
+            cut_ns: replaces.map_or_else(|| to_ns(SystemTime::now()), |r| r.cut_ns),
+            copy_end: meta.copy_end.map(|s| s.0),
         };
         let body = serde_json::to_vec_pretty(&rec)
             .map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
         let key = point_key(&self.vm, &id);
+        let mode = match replaces {
+            None => PutMode::Create,
+            Some(r) => {
+                // Only a journal-backed record, still there, is replaced.
+                let now = self.store.get_point(&self.vm, &r.id).await?;
+                if now.base.is_none() || now.id != id {
+                    return Err(StoreError::PointExists {
+                        vm: self.vm.clone(),
+                        id,
+                    });
+                }
+                PutMode::Overwrite
+            }
+        };
         match self
             .store
             .backend
-            .put(&key, Bytes::from(body), PutMode::Create)
+            .put(&key, Bytes::from(body), mode)
             .await?
         {
             PutOutcome::Written => {}

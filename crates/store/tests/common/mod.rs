@@ -61,13 +61,7 @@ pub fn vm(name: &str) -> VmId {
 }
 
 pub fn meta(seq: u64, kind: CheckpointKind) -> PointMeta {
-    PointMeta {
-        seq: Seq(seq),
-        epoch: Epoch(1),
-        kind,
-        time: SystemTime::now(),
-        disks_total: None,
-    }
+    PointMeta::marker(Seq(seq), Epoch(1), kind, SystemTime::now())
 }
 
 /// Every key under a prefix, sorted.
