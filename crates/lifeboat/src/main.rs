@@ -46,6 +46,10 @@ enum Command {
     Seed(store_cmd::SeedArgs),
     /// Replication lag of every record: from its append to the first point holding it.
     Lag(store_cmd::LagArgs),
+    /// Apply a replication policy's retention to a VM's points and journal, then collect garbage.
+    Retention(store_cmd::RetentionArgs),
+    /// Delete chunks, pages and roots no recovery point references (and leftover staging files).
+    Gc(store_cmd::GcArgs),
 }
 
 #[derive(Subcommand)]
@@ -86,6 +90,8 @@ fn main() -> std::process::ExitCode {
         Command::Process(a) => store_cmd::process(a),
         Command::Seed(a) => store_cmd::seed(a),
         Command::Lag(a) => store_cmd::lag(a),
+        Command::Retention(a) => store_cmd::retention(a),
+        Command::Gc(a) => store_cmd::gc(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -92,6 +92,30 @@ pub struct LagArgs {
 }
 
 #[derive(Args)]
+pub struct RetentionArgs {
+    #[arg(long)]
+    store: String,
+    #[arg(long)]
+    vm: String,
+    /// Keep points this many hours (ASR: up to 15 days; Lifeboat: up to 30).
+    #[arg(long, default_value_t = 24.0)]
+    retention_hours: f64,
+    /// Keep the raw journal (any instant restorable) this many minutes.
+    #[arg(long, default_value_t = 60.0)]
+    cdp_window_mins: f64,
+}
+
+#[derive(Args)]
+pub struct GcArgs {
+    #[arg(long)]
+    store: String,
+    /// Never delete an object younger than this (seconds): covers lease-less tools and clock
+    /// skew.
+    #[arg(long, default_value_t = 3600)]
+    grace_secs: u64,
+}
+
+#[derive(Args)]
 pub struct SeedArgs {
     #[arg(long)]
     store: String,
@@ -442,6 +466,72 @@ pub fn lag(a: LagArgs) -> Result<()> {
             ms(100.0, l)
         );
     }
+    Ok(())
+}
+
+fn duration_arg(name: &str, v: f64, unit: f64) -> Result<std::time::Duration> {
+    if !(v.is_finite() && v >= 0.0) {
+        bail!("--{name} {v}: give a number, 0 or more");
+    }
+    Ok(std::time::Duration::from_secs_f64(v * unit))
+}
+
+pub fn retention(a: RetentionArgs) -> Result<()> {
+    let store = open(&a.store)?;
+    let vm = vm_id(&a.vm)?;
+    let policy = lifeboat_policy::ReplicationPolicy {
+        retention: duration_arg("retention-hours", a.retention_hours, 3600.0)?,
+        cdp_window: duration_arg("cdp-window-mins", a.cdp_window_mins, 60.0)?,
+        ..lifeboat_policy::ReplicationPolicy::default()
+    };
+    policy.validate().context("the retention policy")?;
+    let r = runtime()?
+        .block_on(lifeboat_process::apply_retention(
+            &store,
+            &vm,
+            &policy,
+            SystemTime::now(),
+        ))
+        .with_context(|| format!("applying retention to VM {vm}"))?;
+    for (id, why) in &r.dropped {
+        println!("dropped {id}: {why}");
+    }
+    for id in &r.future {
+        println!("warning: point {id} is in the future (clock skew?): kept");
+    }
+    println!(
+        "kept {} points; deleted {} journal segments and {} unreferenced objects{}",
+        r.kept,
+        r.segments_deleted,
+        r.gc.deleted.len(),
+        if r.gc.deferred {
+            " (garbage collection deferred: a point is being stored)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+pub fn gc(a: GcArgs) -> Result<()> {
+    let store = open(&a.store)?;
+    let r = runtime()?
+        .block_on(store.gc_with_grace(std::time::Duration::from_secs(a.grace_secs)))
+        .with_context(|| format!("collecting garbage in region store {}", a.store))?;
+    if r.deferred {
+        println!(
+            "deferred: {} point writer(s) at work; nothing deleted, run again later",
+            r.leases
+        );
+        return Ok(());
+    }
+    println!(
+        "{} points checked; deleted {} unreferenced objects and {} staging files; kept {} younger than the grace period",
+        r.points,
+        r.deleted.len(),
+        r.staging_removed.len(),
+        r.kept_young
+    );
     Ok(())
 }
 

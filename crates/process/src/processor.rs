@@ -210,7 +210,11 @@ impl Processor {
                 }
             }
         }
-        let base = self.store.get_point(&self.vm, &recorded).await.map_err(se)?;
+        let base = self
+            .store
+            .get_point(&self.vm, &recorded)
+            .await
+            .map_err(se)?;
         if base.is_journal_backed() {
             return Err(no_base());
         }

@@ -60,6 +60,13 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     async fn delete(&self, key: &str) -> Result<()>;
     /// A human description (for logs).
     fn describe(&self) -> String;
+    /// Removes what interrupted puts left behind that is older than `older_than` (a local
+    /// directory's staging files); returns what it removed, as paths. Other backends have
+    /// nothing to clean.
+    async fn remove_stale_staging(&self, older_than: SystemTime) -> Result<Vec<String>> {
+        let _ = older_than;
+        Ok(Vec::new())
+    }
 }
 
 /// [`Backend`] over any `object_store` implementation, with an optional key prefix.
@@ -67,13 +74,15 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 /// Atomicity: `LocalFileSystem` writes every put to a staging file `<key>#<n>` and publishes it
 /// with `rename(2)` (overwrite) or `link(2)` (create, which fails if the key exists), so readers
 /// never see a partial object and a create never replaces one; staging files left by a crash
-/// are ignored by listings. With `fsync` the file and its directory are synced before the put
+/// are ignored by listings and removed by GC ([`Backend::remove_stale_staging`]). With `fsync` the file and its directory are synced before the put
 /// returns. `InMemory` swaps whole objects under a lock. S3 and Azure puts are atomic by the
 /// services' contracts, and both support create-only puts (`If-None-Match: *`).
 #[derive(Debug, Clone)]
 pub struct ObjectBackend {
     store: Arc<dyn ObjectStore>,
     prefix: String,
+    /// A local directory's root (for its staging files).
+    local_root: Option<std::path::PathBuf>,
 }
 
 impl ObjectBackend {
@@ -82,6 +91,16 @@ impl ObjectBackend {
         ObjectBackend {
             store,
             prefix: prefix.trim_matches('/').to_string(),
+            local_root: None,
+        }
+    }
+
+    /// A local directory at `root` (whose staging files [`Backend::remove_stale_staging`]
+    /// cleans).
+    pub fn local(store: Arc<dyn ObjectStore>, root: &std::path::Path) -> Self {
+        ObjectBackend {
+            local_root: Some(root.to_path_buf()),
+            ..ObjectBackend::new(store, "")
         }
     }
 
@@ -191,6 +210,20 @@ impl Backend for ObjectBackend {
             format!("{}/{}", self.store, self.prefix)
         }
     }
+
+    async fn remove_stale_staging(&self, older_than: SystemTime) -> Result<Vec<String>> {
+        let Some(root) = self.local_root.clone() else {
+            return Ok(Vec::new());
+        };
+        let shown = root.display().to_string();
+        tokio::task::spawn_blocking(move || remove_staging_files(&root, older_than))
+            .await
+            .map_err(|e| StoreError::InvalidArgument(format!("staging cleanup task: {e}")))?
+            .map_err(|source| StoreError::Staging {
+                path: shown,
+                source,
+            })
+    }
 }
 
 /// Options for opening a store URL.
@@ -250,7 +283,49 @@ pub fn open_url(url: &str, opts: OpenOptions) -> Result<Arc<dyn Backend>> {
     let fs = object_store::local::LocalFileSystem::new_with_prefix(path)
         .map_err(|e| StoreError::backend("open", path, e))?
         .with_fsync(opts.fsync);
-    Ok(Arc::new(ObjectBackend::new(Arc::new(fs), "")))
+    Ok(Arc::new(ObjectBackend::local(
+        Arc::new(fs),
+        std::path::Path::new(path),
+    )))
+}
+
+/// Whether a file name is a `LocalFileSystem` staging file: `<name>#<digits>`.
+fn is_staging_name(name: &str) -> bool {
+    name.rsplit_once('#').is_some_and(|(base, n)| {
+        !base.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+/// Removes staging files under `root` modified before `older_than`.
+fn remove_staging_files(
+    root: &std::path::Path,
+    older_than: SystemTime,
+) -> std::io::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let ft = entry.file_type()?;
+            if ft.is_dir() {
+                dirs.push(entry.path());
+                continue;
+            }
+            let name = entry.file_name();
+            if !ft.is_file() || !is_staging_name(&name.to_string_lossy()) {
+                continue;
+            }
+            if entry.metadata()?.modified()? < older_than {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => removed.push(entry.path().display().to_string()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    removed.sort();
+    Ok(removed)
 }
 
 fn split_bucket(rest: &str) -> Option<(&str, &str)> {

@@ -75,6 +75,15 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// Removing a local directory's leftover staging files failed.
+    #[error("cleaning staging files under store directory {path}")]
+    Staging {
+        /// The directory.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The object does not exist.
     #[error("store object {key} not found")]
     NotFound {
@@ -168,6 +177,14 @@ pub enum StoreError {
         id: String,
         /// Its base point.
         base: String,
+    },
+    /// Another garbage collection holds the store's GC lock.
+    #[error("another garbage collection of this store is running (lock {key}, {age_secs} s old): wait for it to finish")]
+    GcRunning {
+        /// The lock's key.
+        key: String,
+        /// Its age.
+        age_secs: u64,
     },
     /// No such point.
     #[error("recovery point {id} of VM {vm} not found")]

@@ -423,6 +423,22 @@ pub const POINT_FORMAT: &str = "lifeboat-point";
 pub const EPOCH_FORMAT: &str = "lifeboat-epoch";
 /// `"format"` of a writer lease.
 pub const LEASE_FORMAT: &str = "lifeboat-writer-lease";
+/// `"format"` of the garbage collector's lock.
+pub const GC_LOCK_FORMAT: &str = "lifeboat-gc-lock";
+
+/// The garbage collector's lock, at [`GC_LOCK_KEY`]: a sweep is running since `started_ns`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcLockRecord {
+    /// Always [`GC_LOCK_FORMAT`].
+    pub format: String,
+    /// Always 1.
+    pub version: u32,
+    /// When the collector started, nanoseconds since 1970 (its clock).
+    pub started_ns: u64,
+}
+
+/// Where the garbage collector's lock lives.
+pub const GC_LOCK_KEY: &str = "gc/lock";
 
 /// One disk of a point.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,14 +1,18 @@
 //! Maintenance: [`Store::verify`] and [`Store::gc`].
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
 
 use lifeboat_types::{Seq, VmId};
 
+use crate::backend::{PutMode, PutOutcome};
 use crate::error::{FormatError, Result, StoreError};
 use crate::format::{
     chunk_key, decode_chunk, decode_json, decode_page, decode_root, id_of_key, page_key, root_key,
-    Entry, EpochRecord, LeaseRecord, ObjectId, Root, EPOCH_FORMAT, LEASE_FORMAT, MAX_CHUNK_SIZE,
+    Entry, EpochRecord, GcLockRecord, LeaseRecord, ObjectId, Root, EPOCH_FORMAT, GC_LOCK_FORMAT,
+    GC_LOCK_KEY, LEASE_FORMAT, MAX_CHUNK_SIZE,
 };
 use crate::store::{
     check_id, check_segment_bytes, decode_point, parse_segment_name, point_key, Store,
@@ -60,6 +64,19 @@ pub struct GcReport {
     pub deleted: Vec<String>,
     /// Unreferenced objects kept because they are younger than the cutoff.
     pub kept_young: usize,
+    /// Live writers were found: nothing was swept (run GC again later).
+    pub deferred: bool,
+    /// Leftover staging files of interrupted puts that were removed (paths).
+    pub staging_removed: Vec<String>,
+}
+
+/// Staging files older than this (or the grace period, if longer) are leftovers.
+pub const STAGING_AGE: Duration = Duration::from_secs(600);
+
+/// The GC lock this collector holds.
+struct GcLock {
+    refreshed: Instant,
+    body: Bytes,
 }
 
 fn bad(key: &str, reason: impl std::fmt::Display) -> BadObject {
@@ -165,7 +182,7 @@ impl Store {
                                 rep.bad.push(b);
                             }
                         }
-                        (Some(_), [_, _, "epoch"]) => {
+                        (Some(_), [_, _, "epochs", _]) => {
                             if let Err(e) = self.get_json::<EpochRecord>(key, EPOCH_FORMAT).await {
                                 rep.bad.push(bad(key, chain(&e)));
                             }
@@ -176,6 +193,13 @@ impl Store {
                             }
                         }
                         _ => rep.bad.push(bad(key, "unexpected object in the store")),
+                    }
+                }
+                "gc" if key == GC_LOCK_KEY => {
+                    if let Err(e) = self.get_json::<GcLockRecord>(key, GC_LOCK_FORMAT).await {
+                        if !e.is_not_found() {
+                            rep.bad.push(bad(key, chain(&e)));
+                        }
                     }
                 }
                 _ => rep.bad.push(bad(key, "unexpected object in the store")),
@@ -325,11 +349,87 @@ impl Store {
 
     /// [`Store::gc`] with an explicit grace period.
     pub async fn gc_with_grace(&self, grace: Duration) -> Result<GcReport> {
+        let mut lock = self.take_gc_lock().await?;
+        let r = self.sweep(grace, &mut lock).await;
+        let released = self.backend.delete(GC_LOCK_KEY).await;
+        let rep = r?;
+        released?;
+        Ok(rep)
+    }
+
+    /// Takes the store's GC lock (create-only; a lock older than `gc_lock_ttl` is a killed
+    /// collector's and is taken over).
+    async fn take_gc_lock(&self) -> Result<GcLock> {
+        let body = |now: SystemTime| {
+            serde_json::to_vec(&GcLockRecord {
+                format: GC_LOCK_FORMAT.to_string(),
+                version: 1,
+                started_ns: crate::store::to_ns(now),
+            })
+            .map(Bytes::from)
+            .map_err(|e| StoreError::InvalidArgument(e.to_string()))
+        };
+        let now = SystemTime::now();
+        match self
+            .backend
+            .put(GC_LOCK_KEY, body(now)?, PutMode::Create)
+            .await?
+        {
+            PutOutcome::Written => {}
+            PutOutcome::AlreadyExists => {
+                let age = match self.backend.head(GC_LOCK_KEY).await? {
+                    Some(h) => now
+                        .duration_since(h.last_modified)
+                        .unwrap_or(Duration::ZERO),
+                    None => self.config.gc_lock_ttl, // released meanwhile
+                };
+                if age < self.config.gc_lock_ttl {
+                    return Err(StoreError::GcRunning {
+                        key: GC_LOCK_KEY.to_string(),
+                        age_secs: age.as_secs(),
+                    });
+                }
+                tracing::warn!(age_secs = age.as_secs(), "taking over a stale GC lock");
+                self.backend
+                    .put(GC_LOCK_KEY, body(now)?, PutMode::Overwrite)
+                    .await?;
+            }
+        }
+        Ok(GcLock {
+            refreshed: Instant::now(),
+            body: body(now)?,
+        })
+    }
+
+    /// Refreshes the GC lock when a quarter of its TTL has passed; fails (deleting nothing
+    /// more) if the collector stalled so long that writers may have taken the lock for dead.
+    async fn keep_gc_lock(&self, lock: &mut GcLock) -> Result<()> {
+        let ttl = self.config.gc_lock_ttl;
+        let since = lock.refreshed.elapsed();
+        if since < ttl / 4 {
+            return Ok(());
+        }
+        if since >= ttl / 2 {
+            return Err(StoreError::InvalidArgument(format!(
+                "garbage collection stalled for {} s, past half its lock's TTL: stopped, \
+                 deleting nothing more; run it again",
+                since.as_secs()
+            )));
+        }
+        self.backend
+            .put(GC_LOCK_KEY, lock.body.clone(), PutMode::Overwrite)
+            .await?;
+        lock.refreshed = Instant::now();
+        Ok(())
+    }
+
+    async fn sweep(&self, grace: Duration, lock: &mut GcLock) -> Result<GcReport> {
         let mut rep = GcReport::default();
         let now = SystemTime::now();
-        let mut cutoff = now.checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
+        let cutoff = now.checked_sub(grace).unwrap_or(SystemTime::UNIX_EPOCH);
         let mut roots: HashSet<ObjectId> = HashSet::new();
-        // 1. Live writer leases (listed before the points: see the crate doc).
+        // 1. Live writer leases, listed after the lock was taken (see the crate doc): with one,
+        //    nothing is swept.
         for o in self.backend.list("vms").await? {
             if !o.key.ends_with("/writer-lease") {
                 continue;
@@ -338,21 +438,13 @@ impl Store {
                 .duration_since(o.last_modified)
                 .map(|age| age < self.config.lease_ttl)
                 .unwrap_or(true);
-            if !live {
-                continue;
+            if live {
+                rep.leases += 1;
             }
-            let lease: LeaseRecord = match self.get_json(&o.key, LEASE_FORMAT).await {
-                Ok(l) => l,
-                Err(StoreError::NotFound { .. }) => continue, // committed meanwhile
-                Err(e) => return Err(e),
-            };
-            rep.leases += 1;
-            let started = SystemTime::UNIX_EPOCH + Duration::from_nanos(lease.started_ns);
-            let protect = started
-                .checked_sub(grace + CLOCK_MARGIN)
-                .unwrap_or(SystemTime::UNIX_EPOCH);
-            cutoff = cutoff.min(protect);
-            roots.extend(lease.base_roots);
+        }
+        if rep.leases > 0 {
+            rep.deferred = true;
+            return Ok(rep);
         }
         // 2. Points.
         for o in self.backend.list("vms").await? {
@@ -397,11 +489,12 @@ impl Store {
                 if marked.contains(&id) {
                     continue;
                 }
+                self.keep_gc_lock(lock).await?;
                 if o.last_modified >= cutoff {
                     rep.kept_young += 1;
                     continue;
                 }
-                // Look again right before deleting: a writer may have just refreshed it.
+                // Look again right before deleting (a lease-less tool may have refreshed it).
                 match self.backend.head(&o.key).await? {
                     Some(h) if h.last_modified < cutoff => {
                         self.backend.delete(&o.key).await?;
@@ -412,6 +505,12 @@ impl Store {
                 }
             }
         }
+        // 5. Staging files of puts interrupted by a crash (local directories); a put publishes
+        //    its staging file within moments, so ten minutes is far past any live one.
+        let stale = now
+            .checked_sub(grace.max(STAGING_AGE))
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        rep.staging_removed = self.backend.remove_stale_staging(stale).await?;
         rep.deleted.sort();
         Ok(rep)
     }
@@ -422,6 +521,11 @@ trait JsonRecord {
     fn header(&self) -> (&str, u32);
 }
 impl JsonRecord for EpochRecord {
+    fn header(&self) -> (&str, u32) {
+        (&self.format, self.version)
+    }
+}
+impl JsonRecord for GcLockRecord {
     fn header(&self) -> (&str, u32) {
         (&self.format, self.version)
     }

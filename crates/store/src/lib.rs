@@ -17,8 +17,9 @@
 //! | `roots/<2 hex>/<64 hex>`                         | a disk's root manifest; id = BLAKE3 of its bytes |
 //! | `vms/<vm>/points/<seq:020>-<crash\|app>.json`    | a recovery point record (JSON)         |
 //! | `vms/<vm>/segments/<first:020>-<last:020>.lbj`   | a sealed journal segment, as shipped   |
-//! | `vms/<vm>/epoch`                                 | highest epoch seen for the VM (JSON)   |
+//! | `vms/<vm>/epochs/<epoch:020>`                    | an epoch the VM reached (JSON; the highest counts) |
 //! | `vms/<vm>/writer-lease`                          | the VM's in-flight point writer (JSON) |
+//! | `gc/lock`                                        | a garbage collection is running (JSON) |
 //!
 //! The 2-hex shard keeps directories small on a local filesystem. Point ids sort by journal
 //! position, so the newest point is the last key.
@@ -72,40 +73,48 @@
 //!
 //! [`Store::put_segment`] parses the segment (a sealed segment, CRCs checked), checks its
 //! header's VM, epoch and first sequence number and its last sequence number against the key,
-//! then compares its epoch with the VM's epoch record: older → [`StoreError::Fenced`] (the VM
-//! failed over; that host must stop replicating); newer → the record is raised. The segment is
-//! put create-only: the same segment again is [`SegmentPut::AlreadyStored`] (no duplicate
-//! effect, so shipping can retry after any crash); different bytes under the same key are a
-//! [`StoreError::SegmentConflict`]. After writing, the epoch is read again: if a failover
-//! raised it meanwhile, the segment is deleted and the put is fenced.
+//! then compares its epoch with the VM's epoch (the highest of its `epochs/` objects): older →
+//! [`StoreError::Fenced`] (the VM failed over; that host must stop replicating); newer → that
+//! epoch's object is created. The segment is put create-only: the same segment again is
+//! [`SegmentPut::AlreadyStored`] (no duplicate effect, so shipping can retry after any crash);
+//! different bytes under the same key are a [`StoreError::SegmentConflict`]. After writing,
+//! the epoch is read again: if a failover raised it meanwhile, the segment is deleted and the
+//! put is fenced. A segment that starts at or before the last record already stored under
+//! other keys is deleted again and refused ([`StoreError::SegmentMismatch`]): two versions of
+//! the same records never coexist.
+//!
+//! Epochs are create-only objects (`epochs/<n>`), never rewritten: [`Store::bump_epoch`] needs
+//! no compare-and-swap, and of two failovers racing to the same epoch exactly one learns it
+//! raised it.
 //!
 //! ## Garbage collection (and why it never deletes what a point needs)
 //!
-//! [`Store::gc`] lists live writer leases, then point records; marks every root, page and chunk
-//! reachable from the points and from the leases' base roots; and deletes unmarked chunks,
-//! pages and roots older than a cutoff, re-checking each object's age right before deleting it.
-//! The cutoff is `now − grace` (default 1 h), lowered to `lease start − grace − 2 s` for each
-//! live lease. It stops with an error, before deleting anything, if a point or an object it
-//! references cannot be read (a broken point is for the operator to delete).
+//! [`Store::gc`] takes the store's **GC lock** (`gc/lock`, create-only; refreshed while it
+//! runs; a lock older than `gc_lock_ttl` is a killed collector's and is taken over), then lists
+//! the live writer leases: if there is one, it sweeps nothing (the report says `deferred`).
+//! Otherwise it lists the point records; marks every root, page and chunk they reach; and
+//! deletes unmarked chunks, pages and roots older than `now − grace` (default 1 h), re-checking
+//! each object's age right before deleting it. It stops with an error, before deleting
+//! anything, if a point or an object it references cannot be read (a broken point is for the
+//! operator to delete).
 //!
-//! * Objects of committed points are marked.
-//! * A writer in flight puts its lease (`vms/<vm>/writer-lease`: start time and the base
-//!   point's roots) before its first object and refreshes it every `lease_ttl / 4` while it
-//!   works; it deletes it after its record is written. Every object it references is either
-//!   reachable from its base roots (marked, even if retention deletes the base point meanwhile)
-//!   or was written at or after its start — a writer that finds an object already present but
-//!   older than its start rewrites it, so that its age protects it — hence newer than the
-//!   cutoff. Leases are listed before points, so a writer that commits during GC is seen
-//!   through one or the other.
-//! * A writer that crashes leaves a lease that expires after `lease_ttl` (default 1 h) and
-//!   objects that become garbage.
-//! * The grace period also covers writers that do not take leases (tools, older versions) and
-//!   clock skew: GC compares its clock with the backend's modification times, so the clocks of
-//!   writers, GC and the backend must agree to well within the grace period.
-//! * Residual window (documented, not closed): between GC's last age check and its delete, a
-//!   writer that starts *after* GC listed the leases may refresh an old unreferenced object and
-//!   reference it. Closing it needs two-phase deletion (tombstones); GC is meant to run rarely
-//!   and this needs a new writer to reuse exactly a chunk GC is deleting at that instant.
+//! * A point writer puts its lease (`vms/<vm>/writer-lease`) **before** it looks at any
+//!   object, then waits while the GC lock is held; GC puts its lock **before** it lists the
+//!   leases. With linearizable puts, heads and lists (local directories, S3, Azure), one of
+//!   the two sees the other: either the writer waits until the sweep is over, or GC sweeps
+//!   nothing while the writer lives. So a sweep never runs beside a writer that might reuse an
+//!   old unreferenced object (content addressing makes such reuse normal), and the old
+//!   check-then-delete race is closed. The writer refreshes its lease every `lease_ttl / 4`
+//!   and deletes it after its record is written; a killed writer's lease expires after
+//!   `lease_ttl` (default 1 h), until when GC defers.
+//! * Objects of committed points are marked; a point committed before the lock was taken is
+//!   in the listing, and none is committed during a sweep (no writer runs). A journal-backed
+//!   point ([`Store::put_journal_point`]) writes only a record naming its base's roots, which
+//!   the base (kept by retention while it is a base) marks.
+//! * The grace period covers lease-less tools and clock skew: GC compares its clock with the
+//!   backend's modification times, so their clocks must agree to well within it. A writer
+//!   still rewrites an object it reuses that is older than its start, so that its age protects
+//!   it from a collector that does not take the lock (an older version).
 //!
 //! [`Store::verify`] re-reads and re-hashes every object (chunks decoded, pages and roots hashed
 //! and decoded, segments parsed, records parsed) and checks that every point's references exist
@@ -116,8 +125,8 @@
 //!
 //! One point writer per VM at a time (the processor of that VM); segments of a VM come from one
 //! shipper. Readers, verify and GC may run concurrently with writers. Different VMs are
-//! independent. The epoch record is read-modify-written (no compare-and-swap): only one
-//! failover of a VM runs at a time (the vault serializes them).
+//! independent. The overlap check on segments keeps the last stored record per VM in memory
+//! (one listing per VM and `Store` value), so it assumes one shipper per VM.
 //!
 //! ## Chunk size (measured)
 //!

@@ -33,6 +33,8 @@ pub struct StoreConfig {
     pub gc_grace: Duration,
     /// A writer lease not refreshed for this long is dead. Default 1 h.
     pub lease_ttl: Duration,
+    /// The GC lock not refreshed for this long is dead (a killed collector). Default 30 s.
+    pub gc_lock_ttl: Duration,
     /// Decoded chunks a [`DiskReader`] keeps. Default 16.
     pub reader_cache_chunks: usize,
     /// Local directories: fsync each object before a put returns. Default on.
@@ -47,6 +49,7 @@ impl Default for StoreConfig {
             zstd_level: 1,
             gc_grace: Duration::from_secs(3600),
             lease_ttl: Duration::from_secs(3600),
+            gc_lock_ttl: Duration::from_secs(30),
             reader_cache_chunks: 16,
             fsync: true,
         }
@@ -80,6 +83,9 @@ pub struct SegmentRef {
 pub struct Store {
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) config: Arc<StoreConfig>,
+    /// Per VM, the last record of the stored segments (learnt by one listing, then kept up to
+    /// date by `put_segment`): a new segment must start after it.
+    segment_ends: Arc<std::sync::Mutex<std::collections::HashMap<VmId, Seq>>>,
 }
 
 /// `vms/<vm>/points/<id>.json`
@@ -90,9 +96,9 @@ pub fn point_key(vm: &VmId, id: &str) -> String {
 pub fn segment_key(vm: &VmId, first: Seq, last: Seq) -> String {
     format!("vms/{vm}/segments/{:020}-{:020}.lbj", first.0, last.0)
 }
-/// `vms/<vm>/epoch`
-pub fn epoch_key(vm: &VmId) -> String {
-    format!("vms/{vm}/epoch")
+/// `vms/<vm>/epochs/<epoch:020>`: one create-only object per epoch the VM reached.
+pub fn epoch_key(vm: &VmId, epoch: Epoch) -> String {
+    format!("vms/{vm}/epochs/{:020}", epoch.0)
 }
 /// `vms/<vm>/writer-lease`
 pub fn lease_key(vm: &VmId) -> String {
@@ -182,6 +188,7 @@ impl Store {
         Ok(Store {
             backend,
             config: Arc::new(config),
+            segment_ends: Arc::default(),
         })
     }
 
@@ -414,20 +421,29 @@ impl Store {
 
     /// The highest epoch the store has seen for a VM (`Epoch(0)` if none).
     pub async fn epoch(&self, vm: &VmId) -> Result<Epoch> {
-        let key = epoch_key(vm);
-        match self.backend.get(&key).await {
-            Ok(obj) => {
-                let r: EpochRecord =
-                    decode_json(&obj, EPOCH_FORMAT, |r: &EpochRecord| (&r.format, r.version))
-                        .map_err(|p| StoreError::corrupt(&key, p))?;
-                Ok(Epoch(r.epoch))
+        let prefix = format!("vms/{vm}/epochs");
+        let mut max = Epoch(0);
+        for o in self.backend.list(&prefix).await? {
+            let name = o.key.rsplit('/').next().unwrap_or("");
+            match name.parse::<u64>() {
+                Ok(n) if name.len() == 20 => max = max.max(Epoch(n)),
+                _ => {
+                    return Err(StoreError::corrupt(
+                        &o.key,
+                        FormatError::Invalid {
+                            field: "epoch key",
+                            value: name.to_string(),
+                        },
+                    ))
+                }
             }
-            Err(StoreError::NotFound { .. }) => Ok(Epoch(0)),
-            Err(e) => Err(e),
         }
+        Ok(max)
     }
 
-    async fn write_epoch(&self, vm: &VmId, epoch: Epoch) -> Result<()> {
+    /// Records that a VM reached `epoch`: a create-only put, so two hosts raising the same
+    /// epoch at once learn which one did it (`true`: this call).
+    async fn write_epoch(&self, vm: &VmId, epoch: Epoch) -> Result<bool> {
         let rec = EpochRecord {
             format: EPOCH_FORMAT.to_string(),
             version: 1,
@@ -435,14 +451,17 @@ impl Store {
         };
         let body = serde_json::to_vec_pretty(&rec)
             .map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
-        self.backend
-            .put(&epoch_key(vm), Bytes::from(body), PutMode::Overwrite)
+        let put = self
+            .backend
+            .put(&epoch_key(vm, epoch), Bytes::from(body), PutMode::Create)
             .await?;
-        Ok(())
+        Ok(put == PutOutcome::Written)
     }
 
     /// Raises a VM's epoch (failover). Lowering it is refused; the same epoch is a no-op.
-    pub async fn bump_epoch(&self, vm: &VmId, new: Epoch) -> Result<()> {
+    /// Returns whether this call raised it: of two failovers racing to the same epoch, exactly
+    /// one gets `true` (epochs are create-only objects, no read-modify-write).
+    pub async fn bump_epoch(&self, vm: &VmId, new: Epoch) -> Result<bool> {
         let current = self.epoch(vm).await?;
         if new < current {
             return Err(StoreError::EpochRegression {
@@ -451,10 +470,10 @@ impl Store {
                 requested: new,
             });
         }
-        if new > current {
-            self.write_epoch(vm, new).await?;
+        if new == current {
+            return Ok(false);
         }
-        Ok(())
+        self.write_epoch(vm, new).await
     }
 
     /// Stores a sealed journal segment, after checking it (see the crate doc: idempotent,
@@ -507,6 +526,7 @@ impl Store {
         if epoch > store_epoch {
             self.write_epoch(vm, epoch).await?;
         }
+        let stored_end = self.stored_segment_end(vm).await?;
         match self
             .backend
             .put(&key, bytes.clone(), PutMode::Create)
@@ -523,6 +543,18 @@ impl Store {
                         store_epoch: now,
                     });
                 }
+                // A segment that overlaps stored records (under another key) would give two
+                // versions of the same records: take it back.
+                if let Some(end) = stored_end.filter(|e| first_seq <= *e) {
+                    self.backend.delete(&key).await?;
+                    return Err(mismatch(format!(
+                        "it overlaps records already stored (through {end}) under other keys"
+                    )));
+                }
+                if let Ok(mut m) = self.segment_ends.lock() {
+                    let e = m.entry(vm.clone()).or_insert(last_seq);
+                    *e = (*e).max(last_seq);
+                }
                 Ok(SegmentPut::Stored)
             }
             PutOutcome::AlreadyExists => {
@@ -534,6 +566,29 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// The last record of a VM's stored segments (`None`: none stored), listed once per VM.
+    async fn stored_segment_end(&self, vm: &VmId) -> Result<Option<Seq>> {
+        if let Some(e) = self
+            .segment_ends
+            .lock()
+            .ok()
+            .and_then(|m| m.get(vm).copied())
+        {
+            return Ok(Some(e));
+        }
+        let end = self
+            .list_segments(vm)
+            .await?
+            .iter()
+            .map(|s| s.last_seq)
+            .max();
+        if let (Some(e), Ok(mut m)) = (end, self.segment_ends.lock()) {
+            let v = m.entry(vm.clone()).or_insert(e);
+            *v = (*v).max(e);
+        }
+        Ok(end)
     }
 
     /// A VM's stored segments, in sequence order.

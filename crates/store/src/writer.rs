@@ -1,18 +1,18 @@
 //! [`PointWriter`]: builds a recovery point from a previous one by changing chunks.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use lifeboat_types::{CheckpointKind, DiskId, Epoch, Seq, VmId};
 
 use crate::backend::{PutMode, PutOutcome};
 use crate::error::{FormatError, Result, StoreError};
-use crate::format::PointOrigin;
 use crate::format::{
     chunk_key, encode_chunk, encode_page, encode_root, is_zero, page_key, root_key, Entry,
     LeaseRecord, ObjectId, PointDisk, PointRecord, Root, LEASE_FORMAT, POINT_FORMAT,
 };
+use crate::format::{PointOrigin, GC_LOCK_KEY};
 use crate::store::{lease_key, point_id, point_key, to_ns, Store};
 
 /// What a committed point is (the rest of its record comes from the writer).
@@ -112,7 +112,31 @@ impl PointWriter {
             new_bytes: 0,
         };
         w.put_lease().await?;
+        w.wait_for_gc().await?;
         Ok(w)
+    }
+
+    /// After the lease is put: waits while a garbage collection holds the store's GC lock
+    /// (until it is released, or stale). A collector that took its lock before this lease
+    /// existed may be sweeping; one that takes it later sees the lease and sweeps nothing (the
+    /// crate doc's GC argument).
+    async fn wait_for_gc(&mut self) -> Result<()> {
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let Some(h) = self.store.backend.head(GC_LOCK_KEY).await? else {
+                return Ok(());
+            };
+            let age = SystemTime::now()
+                .duration_since(h.last_modified)
+                .unwrap_or(Duration::ZERO);
+            if age >= self.store.config.gc_lock_ttl {
+                return Ok(());
+            }
+            tracing::debug!(vm = %self.vm, "waiting for garbage collection to finish");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+            self.refresh_lease_if_due().await?;
+        }
     }
 
     async fn put_lease(&mut self) -> Result<()> {

@@ -136,8 +136,8 @@ async fn segments_are_checked_idempotent_and_fenced() {
     assert_eq!(store.list_segments(&v).await.unwrap().len(), 3);
 
     // Failover bumps; lowering is refused.
-    store.bump_epoch(&v, Epoch(3)).await.unwrap();
-    store.bump_epoch(&v, Epoch(3)).await.unwrap();
+    assert!(store.bump_epoch(&v, Epoch(3)).await.unwrap());
+    assert!(!store.bump_epoch(&v, Epoch(3)).await.unwrap());
     assert!(matches!(
         store.bump_epoch(&v, Epoch(2)).await.unwrap_err(),
         StoreError::EpochRegression { .. }
@@ -200,4 +200,49 @@ async fn segments_on_a_local_directory() {
     // Reopening the same directory sees the epoch.
     let again = local_store(dir.path());
     assert_eq!(again.epoch(&v).await.unwrap(), Epoch(4));
+}
+
+#[tokio::test]
+async fn overlapping_segments_are_refused_and_racing_failovers_have_one_winner() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = local_store(dir.path());
+    let v = vm("vm2");
+    let put = |first: u64, n: u64| {
+        let (store, v) = (store.clone(), v.clone());
+        async move {
+            store
+                .put_segment(
+                    &v,
+                    Epoch(1),
+                    Seq(first),
+                    Seq(first + n - 1),
+                    segment(&v, 1, first, n),
+                )
+                .await
+        }
+    };
+    put(1, 10).await.unwrap();
+    put(11, 5).await.unwrap();
+    // Records 14..=20 again under another key: refused and not left in the store, even by a
+    // fresh `Store` value (which learns the stored end from a listing).
+    for s in [store.clone(), local_store(dir.path())] {
+        let e = s
+            .put_segment(&v, Epoch(1), Seq(14), Seq(20), segment(&v, 1, 14, 7))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::SegmentMismatch { .. }), "{e:?}");
+        assert!(e.to_string().contains("overlaps"), "{e}");
+    }
+    assert_eq!(store.list_segments(&v).await.unwrap().len(), 2);
+    put(16, 4).await.unwrap();
+
+    // Ten failovers race to epoch 2: exactly one raised it.
+    let raised = futures::future::join_all((0..10).map(|_| {
+        let (s, v) = (local_store(dir.path()), v.clone());
+        async move { s.bump_epoch(&v, Epoch(2)).await.unwrap() }
+    }))
+    .await;
+    assert_eq!(raised.iter().filter(|r| **r).count(), 1, "{raised:?}");
+    assert_eq!(store.epoch(&v).await.unwrap(), Epoch(2));
+    assert!(store.verify().await.unwrap().is_ok());
 }
