@@ -330,3 +330,43 @@ async fn the_window_starts_where_the_stored_journal_does() {
     assert!(pit.overlay.is_empty());
     check(&s.store, &pit, &s.models[0], "seed point").await;
 }
+
+#[tokio::test]
+async fn a_flipped_bit_in_a_stored_segment_is_named_and_never_restored() {
+    let s = setup().await;
+    // Journal-backed points over the second half (markers at 24, 30, 36).
+    let cut = s.processor.process(Cut::Latest).await.unwrap();
+    let last = cut.points.last().unwrap().clone();
+    assert!(last.is_journal_backed());
+    // Flip one bit in the middle of the last stored segment.
+    let seg = s.store.list_segments(&vm()).await.unwrap().pop().unwrap();
+    let path = s._dir.path().join("store").join(&seg.key);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+    // verify names the segment.
+    let v = s.store.verify().await.unwrap();
+    assert!(v.bad.iter().any(|b| b.key == seg.key), "{:?}", v.bad);
+    // A point or a time that needs it is refused, naming it; nothing is returned.
+    let chain = |e: &ProcessError| {
+        let mut s = e.to_string();
+        let mut src = std::error::Error::source(e);
+        while let Some(c) = src {
+            s = format!("{s}: {c}");
+            src = c.source();
+        }
+        s
+    };
+    let e = open_point(&s.store, &vm(), &last).await.unwrap_err();
+    assert!(chain(&e).contains(&seg.key), "{}", chain(&e));
+    assert!(chain(&e).contains("checksum"), "{}", chain(&e));
+    let e = state_at(&s.store, &vm(), Target::Time(s.after[36]))
+        .await
+        .unwrap_err();
+    assert!(chain(&e).contains(&seg.key), "{}", chain(&e));
+    // Storing the point refuses too, and leaves it journal-backed.
+    assert!(s.processor.store_point(&last).await.is_err());
+    let again = s.store.get_point(&vm(), &last.id).await.unwrap();
+    assert!(again.is_journal_backed());
+}

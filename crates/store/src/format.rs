@@ -153,8 +153,9 @@ pub fn is_zero(data: &[u8]) -> bool {
 /// reserved 0 (u8), plain length (u32), stored payload length (u32), BLAKE3 of the plain data
 /// (32); then the payload. zstd is used unless it does not make the payload smaller.
 pub fn encode_chunk(plain: &[u8], id: &ObjectId, level: i32) -> Vec<u8> {
-    let compressed = zstd::bulk::compress(plain, level)
-        .ok()
+    let compressed = worth_compressing(plain, level)
+        .then(|| zstd::bulk::compress(plain, level).ok())
+        .flatten()
         .filter(|c| c.len() < plain.len());
     let (comp, payload): (u8, &[u8]) = match &compressed {
         Some(c) => (COMPRESSION_ZSTD, c),
@@ -170,6 +171,18 @@ pub fn encode_chunk(plain: &[u8], id: &ObjectId, level: i32) -> Vec<u8> {
     out.extend_from_slice(&id.0);
     out.extend_from_slice(payload);
     out
+}
+
+/// Whether zstd is worth trying on a chunk: a sample of 64 KiB from its middle must shrink by
+/// at least 3% (random data, which does not, costs no full compression pass).
+fn worth_compressing(plain: &[u8], level: i32) -> bool {
+    const SAMPLE: usize = 64 << 10;
+    if plain.len() <= 2 * SAMPLE {
+        return true;
+    }
+    let start = plain.len() / 2 - SAMPLE / 2;
+    let sample = &plain[start..start + SAMPLE];
+    zstd::bulk::compress(sample, level).is_ok_and(|c| c.len() * 100 < SAMPLE * 97)
 }
 
 /// Decodes a chunk object and checks it is the chunk `expected`: the plain length must be at

@@ -354,14 +354,32 @@ impl PointWriter {
             }
             d.root.page_entries as u64
         };
+        // Hash (and encode) the chunks on the blocking pool, in parallel: with BLAKE3 and zstd
+        // this is most of the CPU work of initial replication.
+        let level = self.store.config.zstd_level;
+        let prepared = futures::future::try_join_all(chunks.iter().map(|(index, data)| {
+            let (index, data) = (*index, Bytes::copy_from_slice(data));
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    if is_zero(&data) {
+                        (index, Entry::Zero, None)
+                    } else {
+                        let id = ObjectId::of(&data);
+                        (
+                            index,
+                            Entry::Chunk(id),
+                            Some(encode_chunk(&data, &id, level)),
+                        )
+                    }
+                })
+                .await
+                .map_err(|e| StoreError::InvalidArgument(format!("chunk hashing task: {e}")))
+            }
+        }))
+        .await?;
         // Entries and the chunks that change.
         let mut changes = Vec::new();
-        for (index, data) in chunks {
-            let entry = if is_zero(data) {
-                Entry::Zero
-            } else {
-                Entry::Chunk(ObjectId::of(data))
-            };
+        for (index, entry, encoded) in prepared {
             let (page, slot) = ((index / per) as usize, (index % per) as usize);
             self.load_page(disk.0, page).await?;
             let current = self
@@ -370,17 +388,15 @@ impl PointWriter {
                 .and_then(|d| d.loaded.get(&page))
                 .and_then(|p| p.get(slot).copied());
             if current != Some(entry) {
-                changes.push((page, slot, entry, *data));
+                changes.push((page, slot, entry, encoded));
             }
         }
-        let level = self.store.config.zstd_level;
         let this = &*self;
-        let stored = futures::future::try_join_all(changes.iter().filter_map(|(_, _, e, data)| {
-            let Entry::Chunk(id) = *e else { return None };
-            Some(async move {
-                this.put_addressed(&chunk_key(&id), || encode_chunk(data, &id, level))
-                    .await
-            })
+        let stored = futures::future::try_join_all(changes.iter().filter_map(|(_, _, e, enc)| {
+            let (Entry::Chunk(id), Some(enc)) = (*e, enc) else {
+                return None;
+            };
+            Some(async move { this.put_addressed(&chunk_key(&id), || enc.clone()).await })
         }))
         .await?;
         for n in stored.into_iter().flatten() {
