@@ -24,9 +24,17 @@
 //!
 //! Each enum has a stable one-byte wire code (`code()` / `from_code()`), frozen once released,
 //! because it is written into on-disk formats.
+//!
+//! ## Replicated items
+//!
+//! [`item`]: the item state machine as pure functions — [`ItemState`], [`Operation`],
+//! [`allowed_operations`], [`item::begin`] and [`item::finish`] — tested exhaustively.
 
 use std::fmt;
 use std::str::FromStr;
+
+pub mod item;
+pub use item::{allowed_operations, ItemState, Operation, Outcome, Refused};
 
 /// Errors from parsing the shared types out of untrusted text or bytes.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -40,6 +48,14 @@ pub enum TypeError {
     /// An unknown one-byte code for a checkpoint kind.
     #[error("unknown checkpoint kind code {0}")]
     UnknownCheckpointKind(u8),
+    /// An unknown name of a state, operation or other enumerated value.
+    #[error("unknown {what} {name:?}")]
+    UnknownName {
+        /// What kind of value.
+        what: &'static str,
+        /// The name given.
+        name: String,
+    },
 }
 
 /// The identity of a VM (see the crate doc for the allowed characters).
