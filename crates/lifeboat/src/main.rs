@@ -4,7 +4,9 @@
 //!   journaled before it is acknowledged). Used by tests and benchmarks, and the building block of
 //!   the agent's disk servers.
 //! * `lifeboat journal list|replay`: inspect a write journal, or replay it onto an image.
-//! * `lifeboat points|restore|verify|process|seed`: a region store's recovery points.
+//! * `lifeboat points|restore|verify|process|seed|lag|retention|gc`: a region store's recovery
+//!   points.
+//! * `lifeboat vault`: the vault daemon (SQLite state, REST API).
 //!
 //! Errors print their whole cause chain (anyhow's `{:#}`).
 
@@ -12,6 +14,7 @@ mod disk_serve;
 mod initial_copy;
 mod journal_cmd;
 mod store_cmd;
+mod vault_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -50,6 +53,8 @@ enum Command {
     Retention(store_cmd::RetentionArgs),
     /// Delete chunks, pages and roots no recovery point references (and leftover staging files).
     Gc(store_cmd::GcArgs),
+    /// Run the vault: state in SQLite, the REST API.
+    Vault(vault_cmd::VaultArgs),
 }
 
 #[derive(Subcommand)]
@@ -92,6 +97,7 @@ fn main() -> std::process::ExitCode {
         Command::Lag(a) => store_cmd::lag(a),
         Command::Retention(a) => store_cmd::retention(a),
         Command::Gc(a) => store_cmd::gc(a),
+        Command::Vault(a) => vault_cmd::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

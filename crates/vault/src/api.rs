@@ -1,0 +1,265 @@
+//! The REST API (JSON over HTTP, bearer token). Every error is a JSON [`ErrorBody`] with the
+//! whole cause chain; malformed bodies are 400 with serde's reason, wrong-state operations 409
+//! with the state and the allowed operations.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use lifeboat_types::Operation;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use utoipa::OpenApi;
+
+use crate::error::{ErrorBody, VaultError};
+use crate::model::{
+    CreateVm, Event, Host, Item, Job, OperationRequest, Policy, ProtectRequest, Region,
+    RegisterHost, Step, Vm,
+};
+use crate::service::Vault;
+
+#[derive(Clone)]
+struct AppState {
+    vault: Vault,
+    token: Arc<String>,
+}
+
+type ApiResult<T> = Result<Json<T>, VaultError>;
+
+/// Parses a JSON body, turning serde's complaint into a 400 naming the resource.
+fn body<T: DeserializeOwned>(what: &str, bytes: &Bytes) -> Result<T, VaultError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| VaultError::BadRequest(format!("bad {what} body: {e}")))
+}
+
+/// Equal in time whatever the contents (tokens are compared this way).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| same(t.trim().as_bytes(), st.token.as_bytes()));
+    if ok {
+        next.run(req).await
+    } else {
+        VaultError::Unauthorized.into_response()
+    }
+}
+
+/// The API's router, every route but the OpenAPI document behind the bearer token.
+pub fn router(vault: Vault, token: String) -> Router {
+    let st = AppState {
+        vault,
+        token: Arc::new(token),
+    };
+    let api = Router::new()
+        .route("/api/regions", get(list_regions).post(add_region))
+        .route("/api/hosts", get(list_hosts).post(register_host))
+        .route("/api/policies", get(list_policies))
+        .route("/api/policies/{name}", put(put_policy))
+        .route("/api/vms", get(list_vms).post(create_vm))
+        .route("/api/items", get(list_items).post(protect))
+        .route("/api/items/{vm}", get(get_item))
+        .route("/api/items/{vm}/{operation}", post(operate))
+        .route("/api/jobs", get(list_jobs))
+        .route("/api/jobs/{id}", get(get_job))
+        .route("/api/events", get(list_events))
+        .layer(middleware::from_fn_with_state(st.clone(), auth))
+        .with_state(st);
+    Router::new()
+        .route("/api/openapi.json", get(openapi))
+        .merge(api)
+        .fallback(not_found)
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(ErrorBody {
+            error: "no such API route: see /api/openapi.json".to_string(),
+            causes: vec!["no such API route: see /api/openapi.json".to_string()],
+        }),
+    )
+        .into_response()
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Lifeboat vault API", description = "Disaster recovery for KVM/QEMU VMs"),
+    paths(
+        list_regions, add_region, list_hosts, register_host, list_policies, put_policy,
+        list_vms, create_vm, list_items, protect, get_item, operate, list_jobs, get_job,
+        list_events
+    ),
+    components(schemas(
+        Region, RegisterHost, Host, Policy, CreateVm, Vm, ProtectRequest, OperationRequest,
+        Item, Step, Job, Event, ErrorBody
+    )),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let comps = openapi.components.get_or_insert_with(Default::default);
+        comps.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document of this API.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi_document())
+}
+
+#[utoipa::path(get, path = "/api/regions", responses((status = 200, body = [Region])))]
+async fn list_regions(State(st): State<AppState>) -> ApiResult<Vec<Region>> {
+    Ok(Json(st.vault.regions()?))
+}
+
+#[utoipa::path(post, path = "/api/regions", request_body = Region,
+    responses((status = 200, body = Region), (status = 409, body = ErrorBody)))]
+async fn add_region(State(st): State<AppState>, b: Bytes) -> ApiResult<Region> {
+    Ok(Json(st.vault.add_region(&body("region", &b)?)?))
+}
+
+#[utoipa::path(get, path = "/api/hosts", responses((status = 200, body = [Host])))]
+async fn list_hosts(State(st): State<AppState>) -> ApiResult<Vec<Host>> {
+    Ok(Json(st.vault.hosts()?))
+}
+
+#[utoipa::path(post, path = "/api/hosts", request_body = RegisterHost,
+    responses((status = 200, body = Host), (status = 404, body = ErrorBody)))]
+async fn register_host(State(st): State<AppState>, b: Bytes) -> ApiResult<Host> {
+    Ok(Json(
+        st.vault.register_host(&body("host registration", &b)?)?,
+    ))
+}
+
+#[utoipa::path(get, path = "/api/policies", responses((status = 200, body = [Policy])))]
+async fn list_policies(State(st): State<AppState>) -> ApiResult<Vec<Policy>> {
+    Ok(Json(st.vault.policies()?))
+}
+
+#[utoipa::path(put, path = "/api/policies/{name}", request_body = Object,
+    params(("name" = String, Path, description = "Policy name")),
+    responses((status = 200, body = Policy), (status = 400, body = ErrorBody)))]
+async fn put_policy(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> ApiResult<Policy> {
+    let policy = body("policy", &b)?;
+    Ok(Json(st.vault.put_policy(&Policy { name, policy })?))
+}
+
+#[utoipa::path(get, path = "/api/vms", responses((status = 200, body = [Vm])))]
+async fn list_vms(State(st): State<AppState>) -> ApiResult<Vec<Vm>> {
+    Ok(Json(st.vault.vms()?))
+}
+
+#[utoipa::path(post, path = "/api/vms", request_body = CreateVm,
+    responses((status = 200, body = Vm), (status = 409, body = ErrorBody)))]
+async fn create_vm(State(st): State<AppState>, b: Bytes) -> ApiResult<Vm> {
+    Ok(Json(st.vault.create_vm(&body("VM", &b)?)?))
+}
+
+#[utoipa::path(get, path = "/api/items", responses((status = 200, body = [Item])))]
+async fn list_items(State(st): State<AppState>) -> ApiResult<Vec<Item>> {
+    Ok(Json(st.vault.items()?))
+}
+
+#[utoipa::path(post, path = "/api/items", request_body = ProtectRequest,
+    responses((status = 200, body = Job), (status = 409, body = ErrorBody)))]
+async fn protect(State(st): State<AppState>, b: Bytes) -> ApiResult<Job> {
+    Ok(Json(st.vault.protect(&body("protect request", &b)?)?))
+}
+
+#[utoipa::path(get, path = "/api/items/{vm}",
+    params(("vm" = String, Path, description = "VM name")),
+    responses((status = 200, body = Item), (status = 404, body = ErrorBody)))]
+async fn get_item(State(st): State<AppState>, Path(vm): Path<String>) -> ApiResult<Item> {
+    Ok(Json(st.vault.item(&vm)?))
+}
+
+#[utoipa::path(post, path = "/api/items/{vm}/{operation}", request_body = OperationRequest,
+    params(("vm" = String, Path, description = "VM name"),
+           ("operation" = String, Path, description = "failover, change-recovery-point, commit, \
+            reprotect, test-failover, cleanup-test-failover, disable-protection")),
+    responses((status = 200, body = Job), (status = 400, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+async fn operate(
+    State(st): State<AppState>,
+    Path((vm, operation)): Path<(String, String)>,
+    b: Bytes,
+) -> ApiResult<Job> {
+    let op: Operation = operation.parse().map_err(|_| {
+        VaultError::BadRequest(format!(
+            "unknown operation {operation:?}: use failover, change-recovery-point, commit, \
+             reprotect, test-failover, cleanup-test-failover or disable-protection"
+        ))
+    })?;
+    if op == Operation::EnableProtection {
+        return Err(VaultError::BadRequest(
+            "enable protection with POST /api/items (vm, policy, target_region)".to_string(),
+        ));
+    }
+    let req: OperationRequest = if b.iter().all(u8::is_ascii_whitespace) {
+        OperationRequest::default()
+    } else {
+        body("operation request", &b)?
+    };
+    Ok(Json(st.vault.start(&vm, op, &req)?))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct Limit {
+    /// At most this many (default 50).
+    limit: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/api/jobs", params(Limit), responses((status = 200, body = [Job])))]
+async fn list_jobs(State(st): State<AppState>, Query(q): Query<Limit>) -> ApiResult<Vec<Job>> {
+    Ok(Json(st.vault.jobs(q.limit.unwrap_or(50).clamp(1, 1000))?))
+}
+
+#[utoipa::path(get, path = "/api/jobs/{id}", params(("id" = i64, Path, description = "Job id")),
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
+async fn get_job(State(st): State<AppState>, Path(id): Path<i64>) -> ApiResult<Job> {
+    Ok(Json(st.vault.job(id)?))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+struct Since {
+    /// Events after this id (default 0).
+    since: Option<i64>,
+    /// At most this many (default 100).
+    limit: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/api/events", params(Since), responses((status = 200, body = [Event])))]
+async fn list_events(State(st): State<AppState>, Query(q): Query<Since>) -> ApiResult<Vec<Event>> {
+    Ok(Json(st.vault.events(
+        q.since.unwrap_or(0),
+        q.limit.unwrap_or(100).clamp(1, 10_000),
+    )?))
+}

@@ -1,0 +1,43 @@
+//! # lifeboat-vault: the control plane's state and API
+//!
+//! The vault knows the regions (each with its recovery-point store), the hosts whose agents
+//! registered, the VMs, the replication policies, the replicated items (one per protected VM,
+//! with its state, policy, direction, epoch and % synchronized), the jobs that run operations
+//! on items (steps, progress, the whole error), and an event log. It serves them as a REST API
+//! ([`api::router`]; OpenAPI document at `/api/openapi.json`; every other route needs
+//! `Authorization: Bearer <token>`).
+//!
+//! ## State
+//!
+//! One SQLite file ([`db::Db`]): WAL journal, `synchronous=FULL`, foreign keys on; schema by
+//! numbered migrations (`schema_version`), frozen once released; a database written by a newer
+//! vault is refused. Every change is one transaction, so a vault killed at any moment (kill -9)
+//! restarts from the last committed state.
+//!
+//! ## Operations and jobs
+//!
+//! An operation on an item ([`service::Vault::start`]) runs the item state machine
+//! (`lifeboat_types::item::begin`) **in the same transaction** that records the job and moves
+//! the item to the in-progress state: a wrong-state operation is refused with HTTP 409 and a
+//! message naming the state and the operations allowed in it, and two racing requests cannot
+//! both start. The job is then run by the vault's [`service::Executor`] (the agents' side),
+//! which reports steps and ends the job; [`service::Vault::finish_job`] moves the item by
+//! `lifeboat_types::item::finish` (success: the operation's target state; failure: back to the
+//! state it started from). On start, jobs that a previous run left `running` are ended as
+//! failed with a message saying to retry, so an item is never left stuck in progress.
+//!
+//! ## Errors
+//!
+//! [`error::VaultError`]: each message names the object; the API body carries the message and
+//! every cause (`{"error": ..., "causes": [...]}`); malformed bodies are 400 with serde's
+//! reason; unknown objects 404; conflicts and wrong states 409; a missing or wrong token 401.
+
+pub mod api;
+pub mod db;
+pub mod error;
+pub mod model;
+pub mod service;
+
+pub use db::Db;
+pub use error::VaultError;
+pub use service::{Executor, NoAgents, Vault};
