@@ -10,6 +10,7 @@
 //!
 //! Errors print their whole cause chain (anyhow's `{:#}`).
 
+mod client;
 mod disk_serve;
 mod initial_copy;
 mod journal_cmd;
@@ -55,6 +56,78 @@ enum Command {
     Gc(store_cmd::GcArgs),
     /// Run the vault: state in SQLite, the REST API.
     Vault(vault_cmd::VaultArgs),
+    /// Regions (vault API).
+    Region {
+        #[command(flatten)]
+        conn: client::VaultConn,
+        #[command(subcommand)]
+        cmd: client::RegionCmd,
+    },
+    /// VMs (vault API).
+    Vm {
+        #[command(flatten)]
+        conn: client::VaultConn,
+        #[command(subcommand)]
+        cmd: client::VmCmd,
+    },
+    /// Enable replication of a VM (vault API).
+    Protect {
+        #[command(flatten)]
+        conn: client::VaultConn,
+        #[command(flatten)]
+        args: client::ProtectArgs,
+    },
+    /// Replicated items: state, health, active region (vault API).
+    Items {
+        #[command(flatten)]
+        conn: client::VaultConn,
+    },
+    /// One replicated item, with its allowed operations (vault API).
+    Item {
+        #[command(flatten)]
+        conn: client::VaultConn,
+        #[command(subcommand)]
+        cmd: ItemCommand,
+    },
+    /// Fail a VM over to the other region (vault API).
+    Failover {
+        #[command(flatten)]
+        conn: client::VaultConn,
+        #[command(flatten)]
+        args: client::OpArgs,
+    },
+    /// Restart a failed-over VM from another recovery point (vault API).
+    ChangeRecoveryPoint {
+        #[command(flatten)]
+        conn: client::VaultConn,
+        #[command(flatten)]
+        args: client::OpArgs,
+    },
+    /// Make a failover final (vault API).
+    Commit {
+        #[command(flatten)]
+        conn: client::VaultConn,
+        #[command(flatten)]
+        args: client::OpArgs,
+    },
+    /// Jobs, newest first (vault API).
+    Jobs {
+        #[command(flatten)]
+        conn: client::VaultConn,
+    },
+    /// One job (vault API).
+    Job {
+        #[command(flatten)]
+        conn: client::VaultConn,
+        #[command(subcommand)]
+        cmd: client::JobCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ItemCommand {
+    /// Show an item.
+    Show { vm: String },
 }
 
 #[derive(Subcommand)]
@@ -98,6 +171,21 @@ fn main() -> std::process::ExitCode {
         Command::Retention(a) => store_cmd::retention(a),
         Command::Gc(a) => store_cmd::gc(a),
         Command::Vault(a) => vault_cmd::run(a),
+        Command::Region { conn, cmd } => client::region(&conn, cmd),
+        Command::Vm { conn, cmd } => client::vm(&conn, cmd),
+        Command::Protect { conn, args } => client::protect(&conn, args),
+        Command::Items { conn } => client::items(&conn),
+        Command::Item {
+            conn,
+            cmd: ItemCommand::Show { vm },
+        } => client::item_show(&conn, &vm),
+        Command::Failover { conn, args } => client::operate(&conn, "failover", args),
+        Command::ChangeRecoveryPoint { conn, args } => {
+            client::operate(&conn, "change-recovery-point", args)
+        }
+        Command::Commit { conn, args } => client::operate(&conn, "commit", args),
+        Command::Jobs { conn } => client::jobs(&conn),
+        Command::Job { conn, cmd } => client::job(&conn, cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

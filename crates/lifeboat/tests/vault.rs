@@ -83,3 +83,87 @@ fn the_vault_serves_its_api_and_survives_kill9() {
     assert_eq!(s, 200, "{b}");
     assert!(b.contains(r#""name":"default""#), "{b}");
 }
+
+fn cli(port: u16, token_file: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(LIFEBOAT)
+        .args(args)
+        .env("LIFEBOAT_VAULT", format!("http://127.0.0.1:{port}"))
+        .env("LIFEBOAT_TOKEN_FILE", token_file)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_cli_drives_the_vault_and_prints_its_errors() {
+    let dir = lifeboat_testkit::tempdir();
+    let data = dir.path().join("vault");
+    let port = free_loopback_port();
+    let mut procs = Procs::new();
+    let _v = start(&mut procs, &data, port);
+    let tf = data.join("token");
+    let ok = |args: &[&str]| {
+        let o = cli(port, &tf, args);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    ok(&["region", "add", "primary", "--store", "/srv/p"]);
+    ok(&["region", "add", "secondary", "--store", "/srv/s"]);
+    let def = dir.path().join("web.json");
+    std::fs::write(&def, r#"{"vcpus": 1, "memory_mib": 128}"#).unwrap();
+    ok(&[
+        "vm",
+        "create",
+        "web-1",
+        "--region",
+        "primary",
+        "--definition",
+        def.to_str().unwrap(),
+    ]);
+    // With no agent, protection fails at once; the CLI follows the job and says why.
+    let o = cli(
+        port,
+        &tf,
+        &["protect", "web-1", "--target-region", "secondary"],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("enable-protection of VM web-1) failed") && err.contains("no agent"),
+        "{err}"
+    );
+    let items = ok(&["items", "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&items).unwrap();
+    assert_eq!(v[0]["state"], "not-protected");
+    let show = ok(&["item", "show", "web-1"]);
+    assert!(
+        show.contains("Allowed operations: enable-protection"),
+        "{show}"
+    );
+    // A wrong-state operation: the vault's 409 with the state and what is allowed.
+    let o = cli(port, &tf, &["commit", "web-1"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("409")
+            && err.contains("the item is Not protected; allowed in this state: enable-protection"),
+        "{err}"
+    );
+    // No token: a clear error before any request.
+    let o = Command::new(LIFEBOAT)
+        .args(["items"])
+        .env("LIFEBOAT_VAULT", format!("http://127.0.0.1:{port}"))
+        .env_remove("LIFEBOAT_TOKEN")
+        .env_remove("LIFEBOAT_TOKEN_FILE")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no API token"));
+    let jobs = ok(&["jobs"]);
+    assert!(
+        jobs.contains("enable-protection") && jobs.contains("failed"),
+        "{jobs}"
+    );
+}

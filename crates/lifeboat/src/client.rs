@@ -1,0 +1,427 @@
+//! The CLI's side of the vault's REST API: `lifeboat region|vm|protect|items|item|failover|
+//! change-recovery-point|commit|reprotect|jobs|job`. Every command is one or a few API calls;
+//! errors print the vault's message and cause chain; `--output json` prints the API's JSON.
+//! Waiting for a job shows its steps and a progress bar (indicatif) until it ends.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+
+/// How to reach the vault.
+#[derive(Args, Clone)]
+pub struct VaultConn {
+    /// The vault's URL.
+    #[arg(long, env = "LIFEBOAT_VAULT", default_value = "http://127.0.0.1:7480")]
+    vault: String,
+    /// The API token (or `LIFEBOAT_TOKEN`, or `--token-file`).
+    #[arg(long, env = "LIFEBOAT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding the API token (e.g. `<vault data>/token`).
+    #[arg(long, env = "LIFEBOAT_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    output: Format,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum RegionCmd {
+    /// Add a region with its recovery-point store.
+    Add {
+        name: String,
+        #[arg(long)]
+        store: String,
+    },
+    /// List regions.
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum VmCmd {
+    /// Create a VM from a JSON definition file (vcpus, memory_mib, disks, nics).
+    Create {
+        name: String,
+        #[arg(long)]
+        region: String,
+        #[arg(long)]
+        definition: PathBuf,
+    },
+    /// List VMs.
+    List,
+}
+
+#[derive(Args)]
+pub struct ProtectArgs {
+    /// The VM.
+    vm: String,
+    /// The region to replicate to.
+    #[arg(long)]
+    target_region: String,
+    /// The replication policy.
+    #[arg(long, default_value = "default")]
+    policy: String,
+    /// Return at once instead of following the job.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+#[derive(Args)]
+pub struct OpArgs {
+    /// The VM.
+    vm: String,
+    /// `latest-processed`, `latest`, `latest-app-consistent`, a point id, or a time.
+    #[arg(long)]
+    recovery_point: Option<String>,
+    /// Failover: shut the source VM down first (best effort).
+    #[arg(long)]
+    shutdown_source: bool,
+    /// Return at once instead of following the job.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+#[derive(Subcommand)]
+pub enum JobCmd {
+    /// Follow a job until it ends.
+    Watch { id: i64 },
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    format: Format,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Client {
+    fn new(c: &VaultConn) -> Result<Self> {
+        let token = match (&c.token, &c.token_file) {
+            (Some(t), _) => t.clone(),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .with_context(|| format!("reading the API token {}", f.display()))?
+                .trim()
+                .to_string(),
+            (None, None) => bail!(
+                "no API token: pass --token, --token-file (the vault writes <data>/token) or set \
+                 LIFEBOAT_TOKEN"
+            ),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        Ok(Client {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .context("building the HTTP client")?,
+            base: c.vault.trim_end_matches('/').to_string(),
+            token,
+            format: c.output,
+            rt,
+        })
+    }
+
+    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+        let url = format!("{}{path}", self.base);
+        self.rt.block_on(async {
+            let mut r = self
+                .http
+                .request(method.clone(), &url)
+                .bearer_auth(&self.token);
+            if let Some(b) = body {
+                r = r.json(&b);
+            }
+            let resp = r
+                .send()
+                .await
+                .with_context(|| format!("reaching the vault at {} (is it running?)", self.base))?;
+            let status = resp.status();
+            let text = resp.text().await.context("reading the vault's answer")?;
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            if !status.is_success() {
+                let causes = v["causes"]
+                    .as_array()
+                    .map(|c| {
+                        c.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(": ")
+                    })
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| v.to_string());
+                bail!("{method} {path}: the vault answered {status}: {causes}");
+            }
+            Ok(v)
+        })
+    }
+
+    fn get(&self, path: &str) -> Result<Value> {
+        self.call(reqwest::Method::GET, path, None)
+    }
+
+    fn post(&self, path: &str, body: Value) -> Result<Value> {
+        self.call(reqwest::Method::POST, path, Some(body))
+    }
+
+    fn print(&self, v: &Value, table: impl FnOnce(&Value)) -> Result<()> {
+        match self.format {
+            Format::Json => println!("{}", serde_json::to_string_pretty(v)?),
+            Format::Table => table(v),
+        }
+        Ok(())
+    }
+
+    /// Follows job `id` until it ends: steps and a progress bar (table output), or the final
+    /// job (json). A failed job is an error carrying its message.
+    fn watch(&self, id: i64) -> Result<Value> {
+        let bar = (self.format == Format::Table).then(|| {
+            let b = indicatif::ProgressBar::new(100);
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{bar:30} {pos:>3}% {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b
+        });
+        let job = loop {
+            let j = self.get(&format!("/api/jobs/{id}"))?;
+            if let Some(b) = &bar {
+                b.set_position(j["progress"].as_u64().unwrap_or(0));
+                let running = j["steps"]
+                    .as_array()
+                    .and_then(|s| {
+                        s.iter()
+                            .find(|s| s["status"] != "succeeded" && s["status"] != "skipped")
+                    })
+                    .and_then(|s| s["name"].as_str())
+                    .unwrap_or("")
+                    .to_string();
+                b.set_message(format!(
+                    "{} {}: {running}",
+                    j["operation"].as_str().unwrap_or(""),
+                    j["vm"].as_str().unwrap_or("")
+                ));
+            }
+            if j["status"] != "running" {
+                break j;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        if let Some(b) = bar {
+            b.finish_and_clear();
+            for s in job["steps"].as_array().into_iter().flatten() {
+                println!(
+                    "  {:<10} {}{}",
+                    s["status"].as_str().unwrap_or(""),
+                    s["name"].as_str().unwrap_or(""),
+                    s["detail"]
+                        .as_str()
+                        .map(|d| format!(": {d}"))
+                        .unwrap_or_default()
+                );
+            }
+        } else {
+            println!("{}", serde_json::to_string_pretty(&job)?);
+        }
+        if job["status"] == "failed" {
+            bail!(
+                "job {id} ({} of VM {}) failed: {}",
+                job["operation"].as_str().unwrap_or("?"),
+                job["vm"].as_str().unwrap_or("?"),
+                job["error"].as_str().unwrap_or("no reason given")
+            );
+        }
+        if self.format == Format::Table {
+            println!("job {id} succeeded");
+        }
+        Ok(job)
+    }
+}
+
+fn s(v: &Value, k: &str) -> String {
+    match &v[k] {
+        Value::String(x) => x.clone(),
+        Value::Null => "-".to_string(),
+        other => other.to_string(),
+    }
+}
+
+pub fn region(c: &VaultConn, cmd: RegionCmd) -> Result<()> {
+    let cl = Client::new(c)?;
+    match cmd {
+        RegionCmd::Add { name, store } => {
+            let v = cl.post("/api/regions", json!({"name": name, "store_url": store}))?;
+            cl.print(&v, |v| {
+                println!("region {} ({})", s(v, "name"), s(v, "store_url"))
+            })
+        }
+        RegionCmd::List => {
+            let v = cl.get("/api/regions")?;
+            cl.print(&v, |v| {
+                println!("{:<16} STORE", "REGION");
+                for r in v.as_array().into_iter().flatten() {
+                    println!("{:<16} {}", s(r, "name"), s(r, "store_url"));
+                }
+            })
+        }
+    }
+}
+
+pub fn vm(c: &VaultConn, cmd: VmCmd) -> Result<()> {
+    let cl = Client::new(c)?;
+    match cmd {
+        VmCmd::Create {
+            name,
+            region,
+            definition,
+        } => {
+            let text = std::fs::read_to_string(&definition)
+                .with_context(|| format!("reading {}", definition.display()))?;
+            let def: Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", definition.display()))?;
+            let v = cl.post(
+                "/api/vms",
+                json!({"name": name, "region": region, "definition": def}),
+            )?;
+            cl.print(&v, |v| {
+                println!("VM {} created in {}", s(v, "name"), s(v, "region"))
+            })
+        }
+        VmCmd::List => {
+            let v = cl.get("/api/vms")?;
+            cl.print(&v, |v| {
+                println!("{:<20} REGION", "VM");
+                for r in v.as_array().into_iter().flatten() {
+                    println!("{:<20} {}", s(r, "name"), s(r, "region"));
+                }
+            })
+        }
+    }
+}
+
+pub fn protect(c: &VaultConn, a: ProtectArgs) -> Result<()> {
+    let cl = Client::new(c)?;
+    let job = cl.post(
+        "/api/items",
+        json!({"vm": a.vm, "policy": a.policy, "target_region": a.target_region}),
+    )?;
+    finish_op(&cl, job, a.no_wait)
+}
+
+fn finish_op(cl: &Client, job: Value, no_wait: bool) -> Result<()> {
+    let id = job["id"].as_i64().context("the vault's job has no id")?;
+    if no_wait {
+        return cl.print(&job, |j| {
+            println!("job {} started ({})", id, s(j, "operation"))
+        });
+    }
+    cl.watch(id).map(|_| ())
+}
+
+/// failover, change-recovery-point, commit, reprotect, disable-protection, test-failover...
+pub fn operate(c: &VaultConn, op: &str, a: OpArgs) -> Result<()> {
+    let cl = Client::new(c)?;
+    let mut body = json!({});
+    if let Some(p) = &a.recovery_point {
+        body["recovery_point"] = json!(p);
+    }
+    if a.shutdown_source {
+        body["shutdown_source"] = json!(true);
+    }
+    let job = cl.post(&format!("/api/items/{}/{op}", a.vm), body)?;
+    finish_op(&cl, job, a.no_wait)
+}
+
+pub fn items(c: &VaultConn) -> Result<()> {
+    let cl = Client::new(c)?;
+    let v = cl.get("/api/items")?;
+    cl.print(&v, |v| {
+        println!(
+            "{:<20} {:<30} {:<8} {:<12} ACTIVE REGION",
+            "VM", "STATE", "SYNCED", "POLICY"
+        );
+        for i in v.as_array().into_iter().flatten() {
+            println!(
+                "{:<20} {:<30} {:>5}%   {:<12} {}",
+                s(i, "vm"),
+                s(i, "state_label"),
+                s(i, "percent_synced"),
+                s(i, "policy"),
+                s(i, "active_region")
+            );
+        }
+    })
+}
+
+pub fn item_show(c: &VaultConn, vm: &str) -> Result<()> {
+    let cl = Client::new(c)?;
+    let v = cl.get(&format!("/api/items/{vm}"))?;
+    cl.print(&v, |i| {
+        println!("VM:                 {}", s(i, "vm"));
+        println!("State:              {}", s(i, "state_label"));
+        println!(
+            "Replication:        {} -> {} (epoch {})",
+            s(i, "source_region"),
+            s(i, "target_region"),
+            s(i, "epoch")
+        );
+        println!("Active region:      {}", s(i, "active_region"));
+        println!("Policy:             {}", s(i, "policy"));
+        println!("Synchronized:       {}%", s(i, "percent_synced"));
+        let ops: Vec<String> = i["allowed_operations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o.as_str().map(str::to_string))
+            .collect();
+        println!(
+            "Allowed operations: {}",
+            if ops.is_empty() {
+                "none".into()
+            } else {
+                ops.join(", ")
+            }
+        );
+        if !i["job"].is_null() {
+            println!("Running job:        {}", s(i, "job"));
+        }
+    })
+}
+
+pub fn jobs(c: &VaultConn) -> Result<()> {
+    let cl = Client::new(c)?;
+    let v = cl.get("/api/jobs")?;
+    cl.print(&v, |v| {
+        println!(
+            "{:<6} {:<24} {:<20} {:<10} PROGRESS",
+            "JOB", "OPERATION", "VM", "STATUS"
+        );
+        for j in v.as_array().into_iter().flatten() {
+            println!(
+                "{:<6} {:<24} {:<20} {:<10} {}%",
+                s(j, "id"),
+                s(j, "operation"),
+                s(j, "vm"),
+                s(j, "status"),
+                s(j, "progress")
+            );
+        }
+    })
+}
+
+pub fn job(c: &VaultConn, cmd: JobCmd) -> Result<()> {
+    let cl = Client::new(c)?;
+    match cmd {
+        JobCmd::Watch { id } => cl.watch(id).map(|_| ()),
+    }
+}
