@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lifeboat_journal::{parse_segment, Record};
-use lifeboat_store::{PointRecord, SegmentRef, Store, StoreError};
+use lifeboat_store::{DiskReader, PointRecord, SegmentRef, Store, StoreError};
 use lifeboat_types::{DiskId, RecordKind, Seq, VmId};
 
 use crate::processor::apply_records_to_chunk;
@@ -50,6 +50,18 @@ pub struct PointInTime {
     /// Every chunk changed since the base, materialized, by (disk, chunk index).
     pub overlay: BTreeMap<(DiskId, u64), Vec<u8>>,
     vm: VmId,
+    /// The base's disk readers, opened on first use (they cache pages and chunks).
+    readers: Readers,
+}
+
+/// Disk readers shared by the clones of a [`PointInTime`].
+#[derive(Clone, Default)]
+struct Readers(Arc<tokio::sync::Mutex<HashMap<DiskId, Arc<DiskReader>>>>);
+
+impl std::fmt::Debug for Readers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Readers")
+    }
 }
 
 impl PointInTime {
@@ -63,10 +75,22 @@ impl PointInTime {
         if let Some(c) = self.overlay.get(&(disk, index)) {
             return Ok(c.clone());
         }
-        let reader = store
-            .disk_reader(&self.base, disk)
-            .await
-            .map_err(|e| store_err(&self.vm, e))?;
+        let reader = {
+            let mut m = self.readers.0.lock().await;
+            match m.get(&disk) {
+                Some(r) => r.clone(),
+                None => {
+                    let r = Arc::new(
+                        store
+                            .disk_reader(&self.base, disk)
+                            .await
+                            .map_err(|e| store_err(&self.vm, e))?,
+                    );
+                    m.insert(disk, r.clone());
+                    r
+                }
+            }
+        };
         let chunk = reader
             .read_chunk(index)
             .await
@@ -359,6 +383,7 @@ pub async fn state_at(
         overlay: BTreeMap::new(),
         vm: vm.clone(),
         base,
+        readers: Readers::default(),
     };
     materialize(store, vm, &segments, &mut pit).await?;
     Ok(pit)
@@ -402,6 +427,7 @@ pub async fn open_point(
         records: 0,
         overlay: BTreeMap::new(),
         vm: vm.clone(),
+        readers: Readers::default(),
     })
 }
 

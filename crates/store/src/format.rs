@@ -173,16 +173,20 @@ pub fn encode_chunk(plain: &[u8], id: &ObjectId, level: i32) -> Vec<u8> {
     out
 }
 
-/// Whether zstd is worth trying on a chunk: a sample of 64 KiB from its middle must shrink by
-/// at least 3% (random data, which does not, costs no full compression pass).
+/// Whether zstd is worth trying on a chunk: one of eight 8 KiB samples spread over it must
+/// shrink by at least 3%. Random data (where none does) costs no full compression pass; a chunk
+/// that is partly compressible (text or zeroes in places) is still compressed.
 fn worth_compressing(plain: &[u8], level: i32) -> bool {
-    const SAMPLE: usize = 64 << 10;
-    if plain.len() <= 2 * SAMPLE {
+    const SAMPLE: usize = 8 << 10;
+    const SAMPLES: usize = 8;
+    if plain.len() <= 4 * SAMPLE * SAMPLES {
         return true;
     }
-    let start = plain.len() / 2 - SAMPLE / 2;
-    let sample = &plain[start..start + SAMPLE];
-    zstd::bulk::compress(sample, level).is_ok_and(|c| c.len() * 100 < SAMPLE * 97)
+    let step = (plain.len() - SAMPLE) / (SAMPLES - 1);
+    (0..SAMPLES).any(|i| {
+        let sample = &plain[i * step..i * step + SAMPLE];
+        zstd::bulk::compress(sample, level).is_ok_and(|c| c.len() * 100 < SAMPLE * 97)
+    })
 }
 
 /// Decodes a chunk object and checks it is the chunk `expected`: the plain length must be at

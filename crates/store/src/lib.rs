@@ -29,7 +29,7 @@
 //! * **Chunk**: 52-byte header — magic `LBCHUNK1`, version `1` (u16), compression (u8: 0 none,
 //!   1 zstd level 1), reserved (u8), plain length (u32), payload length (u32), BLAKE3 of the
 //!   plain data (32) — then the payload. zstd is skipped when it does not shrink the data,
-//!   or when a 64 KiB sample from the chunk's middle does not shrink by 3% (random data: no
+//!   or when none of eight 8 KiB samples spread over the chunk shrinks by 3% (random data: no
 //!   full compression pass is spent on it). Reading checks magic, version, lengths, decompresses into at most the
 //!   chunk's length *as the disk's root says* (never trusting the header for the allocation),
 //!   and checks the BLAKE3 against the header and the key: any mismatch is
