@@ -164,7 +164,7 @@ pub fn format_duration(d: Duration) -> String {
         return "0s".to_string();
     }
     for (unit, unit_ms) in UNITS {
-        if ms % u128::from(unit_ms) == 0 {
+        if ms.is_multiple_of(u128::from(unit_ms)) {
             return format!("{}{unit}", ms / u128::from(unit_ms));
         }
     }
