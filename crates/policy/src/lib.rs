@@ -84,6 +84,15 @@
 //! point, if replication stopped): with 5-minute points and 30 days of retention that is about
 //! 25 + 22 + 72 + 138 ≈ 257 points.
 //!
+//! # Health ([`health`])
+//!
+//! An item is Healthy, Warning or Critical, with every reason, from what is known at `now`
+//! ([`HealthInputs`]: synchronized or not, newest crash- and app-consistent points, current
+//! RPO) and [`HealthThresholds`]: Critical when initial replication has not finished, when no
+//! crash-consistent point is younger than 60 min (as ASR), or when the RPO is over 30 min;
+//! Warning when the RPO is over 5 min or unknown, the newest crash-consistent point is older
+//! than twice the policy's interval, or app-consistent points (when on) are two periods late.
+//!
 //! # The checkpoint schedule ([`due_checkpoints`])
 //!
 //! A crash-consistent point is due when the crash-consistent interval has passed since the newest
@@ -94,6 +103,7 @@
 //! the clock to catch up. [`next_due_in`] gives the time to sleep.
 
 mod duration;
+mod health;
 mod policy;
 mod schedule;
 mod thinning;
@@ -102,6 +112,7 @@ pub use duration::{
     format_duration, format_optional_duration, parse_duration, parse_optional_duration,
     serde_human, serde_human_opt, DurationParseError, DurationProblem,
 };
+pub use health::{health, Health, HealthInputs, HealthThresholds};
 pub use policy::{
     PolicyError, PolicyField, ReplicationPolicy, DEFAULT_CDP_WINDOW,
     DEFAULT_CRASH_CONSISTENT_INTERVAL, DEFAULT_POLICY_NAME, DEFAULT_RETENTION,
