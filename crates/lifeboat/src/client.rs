@@ -14,16 +14,21 @@ use serde_json::{json, Value};
 #[derive(Args, Clone)]
 pub struct VaultConn {
     /// The vault's URL.
-    #[arg(long, env = "LIFEBOAT_VAULT", default_value = "http://127.0.0.1:7480")]
+    #[arg(
+        long,
+        env = "LIFEBOAT_VAULT",
+        default_value = "http://127.0.0.1:7480",
+        global = true
+    )]
     vault: String,
     /// The API token (or `LIFEBOAT_TOKEN`, or `--token-file`).
-    #[arg(long, env = "LIFEBOAT_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "LIFEBOAT_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
     /// A file holding the API token (e.g. `<vault data>/token`).
-    #[arg(long, env = "LIFEBOAT_TOKEN_FILE")]
+    #[arg(long, env = "LIFEBOAT_TOKEN_FILE", global = true)]
     token_file: Option<PathBuf>,
     /// Output format.
-    #[arg(long, value_enum, default_value = "table")]
+    #[arg(long, value_enum, default_value = "table", global = true)]
     output: Format,
 }
 
@@ -344,17 +349,22 @@ pub fn operate(c: &VaultConn, op: &str, a: OpArgs) -> Result<()> {
 
 pub fn items(c: &VaultConn) -> Result<()> {
     let cl = Client::new(c)?;
-    let v = cl.get("/api/items")?;
+    let mut v = cl.get("/api/items")?;
+    for i in v.as_array_mut().into_iter().flatten() {
+        let vm = s(i, "vm");
+        i["health"] = cl.get(&format!("/api/items/{vm}/health"))?;
+    }
     cl.print(&v, |v| {
         println!(
-            "{:<20} {:<30} {:<8} {:<12} ACTIVE REGION",
-            "VM", "STATE", "SYNCED", "POLICY"
+            "{:<20} {:<30} {:<9} {:<8} {:<12} ACTIVE REGION",
+            "VM", "STATE", "HEALTH", "SYNCED", "POLICY"
         );
         for i in v.as_array().into_iter().flatten() {
             println!(
-                "{:<20} {:<30} {:>5}%   {:<12} {}",
+                "{:<20} {:<30} {:<9} {:>5}%   {:<12} {}",
                 s(i, "vm"),
                 s(i, "state_label"),
+                s(&i["health"], "health"),
                 s(i, "percent_synced"),
                 s(i, "policy"),
                 s(i, "active_region")
@@ -363,11 +373,46 @@ pub fn items(c: &VaultConn) -> Result<()> {
     })
 }
 
+pub fn item_points(c: &VaultConn, vm: &str) -> Result<()> {
+    let cl = Client::new(c)?;
+    let v = cl.get(&format!("/api/items/{vm}/points"))?;
+    cl.print(&v, |v| {
+        println!(
+            "{:<28} {:<15} {:<17} {:<13} DISKS",
+            "POINT", "TIME (ms)", "KIND", "FORM"
+        );
+        for p in v.as_array().into_iter().flatten() {
+            println!(
+                "{:<28} {:<15} {:<17} {:<13} {}",
+                s(p, "id"),
+                s(p, "time"),
+                s(p, "kind"),
+                s(p, "form"),
+                s(p, "disks")
+            );
+        }
+    })
+}
+
 pub fn item_show(c: &VaultConn, vm: &str) -> Result<()> {
     let cl = Client::new(c)?;
-    let v = cl.get(&format!("/api/items/{vm}"))?;
+    let mut v = cl.get(&format!("/api/items/{vm}"))?;
+    v["health"] = cl.get(&format!("/api/items/{vm}/health"))?;
     cl.print(&v, |i| {
         println!("VM:                 {}", s(i, "vm"));
+        let h = &i["health"];
+        println!("Health:             {}", s(h, "health"));
+        for r in h["reasons"].as_array().into_iter().flatten() {
+            println!("  - {}", r.as_str().unwrap_or(""));
+        }
+        for (label, key) in [
+            ("Latest crash point:", "latest_crash_consistent"),
+            ("Latest app point:  ", "latest_app_consistent"),
+        ] {
+            if h[key].is_object() {
+                println!("{label} {} ({})", s(&h[key], "id"), s(&h[key], "form"));
+            }
+        }
         println!("State:              {}", s(i, "state_label"));
         println!(
             "Replication:        {} -> {} (epoch {})",

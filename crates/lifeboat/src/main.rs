@@ -126,8 +126,10 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ItemCommand {
-    /// Show an item.
+    /// Show an item: state, health and why, latest points, allowed operations.
     Show { vm: String },
+    /// An item's recovery points in its target region.
+    Points { vm: String },
 }
 
 #[derive(Subcommand)]
@@ -175,10 +177,10 @@ fn main() -> std::process::ExitCode {
         Command::Vm { conn, cmd } => client::vm(&conn, cmd),
         Command::Protect { conn, args } => client::protect(&conn, args),
         Command::Items { conn } => client::items(&conn),
-        Command::Item {
-            conn,
-            cmd: ItemCommand::Show { vm },
-        } => client::item_show(&conn, &vm),
+        Command::Item { conn, cmd } => match cmd {
+            ItemCommand::Show { vm } => client::item_show(&conn, &vm),
+            ItemCommand::Points { vm } => client::item_points(&conn, &vm),
+        },
         Command::Failover { conn, args } => client::operate(&conn, "failover", args),
         Command::ChangeRecoveryPoint { conn, args } => {
             client::operate(&conn, "change-recovery-point", args)

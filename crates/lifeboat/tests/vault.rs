@@ -143,6 +143,15 @@ fn the_cli_drives_the_vault_and_prints_its_errors() {
         show.contains("Allowed operations: enable-protection"),
         "{show}"
     );
+    assert!(show.contains("Health:             none"), "{show}");
+    let table = ok(&["items"]);
+    assert!(
+        table.contains("HEALTH") && table.contains("none"),
+        "{table}"
+    );
+    // The target region's store has no point of the VM: an empty list, not an error.
+    let pts = ok(&["item", "points", "web-1", "--output", "json"]);
+    assert_eq!(pts.trim(), "[]", "{pts}");
     // A wrong-state operation: the vault's 409 with the state and what is allowed.
     let o = cli(port, &tf, &["commit", "web-1"]);
     let err = String::from_utf8_lossy(&o.stderr);

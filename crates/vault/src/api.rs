@@ -18,8 +18,8 @@ use utoipa::OpenApi;
 
 use crate::error::{ErrorBody, VaultError};
 use crate::model::{
-    CreateVm, Event, Host, Item, Job, OperationRequest, Policy, ProtectRequest, Region,
-    RegisterHost, Step, Vm,
+    CreateVm, Event, HealthInfo, Host, Item, Job, OperationRequest, PointInfo, Policy,
+    ProtectRequest, Region, RegisterHost, Step, Vm,
 };
 use crate::service::Vault;
 
@@ -70,6 +70,8 @@ pub fn router(vault: Vault, token: String) -> Router {
         .route("/api/vms", get(list_vms).post(create_vm))
         .route("/api/items", get(list_items).post(protect))
         .route("/api/items/{vm}", get(get_item))
+        .route("/api/items/{vm}/points", get(item_points))
+        .route("/api/items/{vm}/health", get(item_health))
         .route("/api/items/{vm}/{operation}", post(operate))
         .route("/api/jobs", get(list_jobs))
         .route("/api/jobs/{id}", get(get_job))
@@ -98,12 +100,13 @@ async fn not_found() -> Response {
     info(title = "Lifeboat vault API", description = "Disaster recovery for KVM/QEMU VMs"),
     paths(
         list_regions, add_region, list_hosts, register_host, list_policies, put_policy,
-        list_vms, create_vm, list_items, protect, get_item, operate, list_jobs, get_job,
+        list_vms, create_vm, list_items, protect, get_item, item_points, item_health, operate,
+        list_jobs, get_job,
         list_events
     ),
     components(schemas(
         Region, RegisterHost, Host, Policy, CreateVm, Vm, ProtectRequest, OperationRequest,
-        Item, Step, Job, Event, ErrorBody
+        Item, Step, Job, Event, ErrorBody, PointInfo, HealthInfo
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -199,6 +202,25 @@ async fn protect(State(st): State<AppState>, b: Bytes) -> ApiResult<Job> {
     responses((status = 200, body = Item), (status = 404, body = ErrorBody)))]
 async fn get_item(State(st): State<AppState>, Path(vm): Path<String>) -> ApiResult<Item> {
     Ok(Json(st.vault.item(&vm)?))
+}
+
+#[utoipa::path(get, path = "/api/items/{vm}/points",
+    params(("vm" = String, Path, description = "VM name")),
+    responses((status = 200, body = [PointInfo]), (status = 404, body = ErrorBody),
+              (status = 502, body = ErrorBody)))]
+async fn item_points(
+    State(st): State<AppState>,
+    Path(vm): Path<String>,
+) -> ApiResult<Vec<PointInfo>> {
+    Ok(Json(st.vault.points(&vm).await?))
+}
+
+#[utoipa::path(get, path = "/api/items/{vm}/health",
+    params(("vm" = String, Path, description = "VM name")),
+    responses((status = 200, body = HealthInfo), (status = 404, body = ErrorBody),
+              (status = 502, body = ErrorBody)))]
+async fn item_health(State(st): State<AppState>, Path(vm): Path<String>) -> ApiResult<HealthInfo> {
+    Ok(Json(st.vault.health(&vm).await?))
 }
 
 #[utoipa::path(post, path = "/api/items/{vm}/{operation}", request_body = OperationRequest,

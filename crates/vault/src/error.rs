@@ -55,6 +55,15 @@ pub enum VaultError {
         /// Why.
         refused: Refused,
     },
+    /// The region store could not be read.
+    #[error("region store of region {region}")]
+    Store {
+        /// The region.
+        region: String,
+        /// Why.
+        #[source]
+        source: lifeboat_store::StoreError,
+    },
     /// Missing or wrong bearer token.
     #[error("missing or invalid bearer token: send `Authorization: Bearer <token>` with the vault's token")]
     Unauthorized,
@@ -85,6 +94,7 @@ impl VaultError {
             VaultError::NotFound { .. } => StatusCode::NOT_FOUND,
             VaultError::Exists { .. } | VaultError::WrongState { .. } => StatusCode::CONFLICT,
             VaultError::Unauthorized => StatusCode::UNAUTHORIZED,
+            VaultError::Store { .. } => StatusCode::BAD_GATEWAY,
             VaultError::Db { .. } | VaultError::NewerSchema { .. } | VaultError::Corrupt { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

@@ -194,3 +194,31 @@ pub struct Event {
     /// What happened.
     pub message: String,
 }
+
+/// A recovery point, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PointInfo {
+    /// Its id (`<journal position>-<crash|app>`).
+    pub id: String,
+    /// Its time (ms since 1970).
+    pub time: i64,
+    /// `crash-consistent` or `app-consistent`.
+    pub kind: String,
+    /// `stored`, `journal` (journal-backed) or `initial-copy` (never restored).
+    pub form: String,
+    /// "N of M disks".
+    pub disks: String,
+}
+
+/// An item's replication health and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HealthInfo {
+    /// `healthy`, `warning`, `critical`, or `none` (not protected).
+    pub health: String,
+    /// Every reason, worst first (empty when healthy).
+    pub reasons: Vec<String>,
+    /// The newest crash-consistent point.
+    pub latest_crash_consistent: Option<PointInfo>,
+    /// The newest app-consistent point.
+    pub latest_app_consistent: Option<PointInfo>,
+}

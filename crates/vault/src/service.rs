@@ -6,16 +6,17 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use lifeboat_policy::ReplicationPolicy;
+use lifeboat_policy::{health, HealthInputs, HealthThresholds, ReplicationPolicy};
+use lifeboat_store::{PointRecord, Store};
 use lifeboat_types::item::{begin, finish};
-use lifeboat_types::{allowed_operations, ItemState, Operation, Outcome, VmId};
+use lifeboat_types::{allowed_operations, CheckpointKind, ItemState, Operation, Outcome, VmId};
 use rusqlite::{params, OptionalExtension, Row, Transaction};
 
 use crate::db::{now_ms, sql, Db};
 use crate::error::VaultError;
 use crate::model::{
-    CreateVm, Event, Host, Item, Job, OperationRequest, Policy, ProtectRequest, Region,
-    RegisterHost, Step, Vm,
+    CreateVm, Event, HealthInfo, Host, Item, Job, OperationRequest, PointInfo, Policy,
+    ProtectRequest, Region, RegisterHost, Step, Vm,
 };
 
 /// Runs jobs (the agents' side of an operation); the vault records and orders them.
@@ -760,6 +761,81 @@ impl Vault {
         })
     }
 
+    // ---- recovery points and health (read from the item's target region store) ----
+
+    /// The item's target region, its store URL and the item's policy.
+    fn item_store(&self, vm: &str) -> Result<(Item, String, ReplicationPolicy), VaultError> {
+        self.db.tx("reading an item's store", |tx| {
+            let item = read_item(tx, vm)?;
+            let url: String = tx
+                .query_row(
+                    "SELECT store_url FROM regions WHERE name = ?1",
+                    params![item.target_region],
+                    |r| r.get(0),
+                )
+                .map_err(sql("reading a region"))?;
+            let body: String = tx
+                .query_row(
+                    "SELECT body FROM policies WHERE name = ?1",
+                    params![item.policy],
+                    |r| r.get(0),
+                )
+                .map_err(sql("reading a policy"))?;
+            let policy = serde_json::from_str(&body).map_err(|_| VaultError::Corrupt {
+                what: "policy",
+                value: body,
+            })?;
+            Ok((item, url, policy))
+        })
+    }
+
+    /// The item's recovery points in its target region's store, oldest first.
+    pub async fn points(&self, vm: &str) -> Result<Vec<PointInfo>, VaultError> {
+        let (item, url, _) = self.item_store(vm)?;
+        let records = list_points(&item, &url).await?;
+        Ok(records.iter().map(point_info).collect())
+    }
+
+    /// The item's health (`lifeboat_policy::health`) and its newest points.
+    pub async fn health(&self, vm: &str) -> Result<HealthInfo, VaultError> {
+        let (item, url, policy) = self.item_store(vm)?;
+        let state: ItemState = item.state.parse().map_err(|_| VaultError::Corrupt {
+            what: "item state",
+            value: item.state.clone(),
+        })?;
+        if state == ItemState::NotProtected {
+            return Ok(HealthInfo {
+                health: "none".into(),
+                reasons: vec!["not protected".into()],
+                latest_crash_consistent: None,
+                latest_app_consistent: None,
+            });
+        }
+        let records = list_points(&item, &url).await?;
+        let newest = |kind: CheckpointKind| {
+            records
+                .iter()
+                .rev()
+                .find(|p| p.is_restorable() && p.checkpoint_kind() == Some(kind))
+        };
+        let crash = newest(CheckpointKind::CrashConsistent);
+        let app = newest(CheckpointKind::AppConsistent);
+        let inputs = HealthInputs {
+            now: std::time::SystemTime::now(),
+            synchronized: records.iter().any(|p| p.is_restorable()),
+            newest_crash: crash.map(|p| p.time()),
+            newest_app: app.map(|p| p.time()),
+            rpo: None,
+        };
+        let (h, reasons) = health(&inputs, &policy, &HealthThresholds::default());
+        Ok(HealthInfo {
+            health: h.as_str().into(),
+            reasons,
+            latest_crash_consistent: crash.map(point_info),
+            latest_app_consistent: app.map(point_info),
+        })
+    }
+
     // ---- jobs and events ----
 
     /// Jobs, newest first (at most `limit`).
@@ -842,4 +918,39 @@ fn read_job(tx: &Transaction<'_>, id: i64) -> Result<Job, VaultError> {
             name: id.to_string(),
         })?;
     complete_job(row)
+}
+
+async fn list_points(item: &Item, url: &str) -> Result<Vec<PointRecord>, VaultError> {
+    let err = |source| VaultError::Store {
+        region: item.target_region.clone(),
+        source,
+    };
+    let vm = VmId::new(&item.vm).map_err(|_| VaultError::Corrupt {
+        what: "VM name",
+        value: item.vm.clone(),
+    })?;
+    let store = Store::open(url).map_err(err)?;
+    store.list_points(&vm).await.map_err(err)
+}
+
+fn point_info(p: &PointRecord) -> PointInfo {
+    let ms = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0)
+    };
+    PointInfo {
+        id: p.id.clone(),
+        time: ms(p.time()),
+        kind: p.kind.clone(),
+        form: if !p.is_restorable() {
+            "initial-copy"
+        } else if p.is_journal_backed() {
+            "journal"
+        } else {
+            "stored"
+        }
+        .to_string(),
+        disks: p.disks_summary(),
+    }
 }

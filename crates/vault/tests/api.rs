@@ -387,3 +387,99 @@ async fn a_job_left_running_by_a_stopped_vault_ends_as_failed_on_restart() {
         "{j}"
     );
 }
+
+#[tokio::test]
+async fn points_and_health_come_from_the_target_regions_store() {
+    use lifeboat_store::{PointMeta, Store};
+    use lifeboat_types::{CheckpointKind, DiskId, Epoch, Seq, VmId};
+    let dir = tempfile::tempdir().unwrap();
+    let api = serve(&dir.path().join("vault.db"), Arc::new(AllSucceed)).await;
+    let secondary = dir.path().join("secondary-store");
+    for (n, u) in [
+        ("primary", dir.path().join("primary-store")),
+        ("secondary", secondary.clone()),
+    ] {
+        api.ok(
+            "POST",
+            "/api/regions",
+            json!({"name": n, "store_url": u.to_str().unwrap()}),
+        )
+        .await;
+    }
+    api.ok(
+        "POST",
+        "/api/vms",
+        json!({"name": "db-1", "region": "primary", "definition": {"vcpus": 1}}),
+    )
+    .await;
+    // Not an item yet.
+    let (st, v) = api.call("GET", "/api/items/db-1/health", None).await;
+    assert_eq!(st, 404, "{v}");
+    api.ok(
+        "POST",
+        "/api/items",
+        json!({"vm": "db-1", "target_region": "secondary"}),
+    )
+    .await;
+    api.wait_item_state("db-1", "protected").await;
+    // Protected but the store has no point: Critical, saying why.
+    let h = api.ok("GET", "/api/items/db-1/health", Value::Null).await;
+    assert_eq!(h["health"], "critical", "{h}");
+    assert!(
+        h["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("initial replication"),
+        "{h}"
+    );
+
+    // A crash-consistent point two hours old, then a fresh one.
+    let store = Store::open(secondary.to_str().unwrap()).unwrap();
+    let vm = VmId::new("db-1").unwrap();
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    let mut w = store.point_writer(&vm, None).await.unwrap();
+    w.add_disk(DiskId(0), 1 << 20).unwrap();
+    let old = w
+        .commit(PointMeta::marker(
+            Seq(5),
+            Epoch(1),
+            CheckpointKind::CrashConsistent,
+            two_hours_ago,
+        ))
+        .await
+        .unwrap();
+    let h = api.ok("GET", "/api/items/db-1/health", Value::Null).await;
+    assert_eq!(h["health"], "critical", "{h}");
+    assert!(
+        h["reasons"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("no crash-consistent recovery point for 120 min"),
+        "{h}"
+    );
+    assert_eq!(h["latest_crash_consistent"]["id"], old.id.as_str());
+    let w = store.point_writer(&vm, Some(&old)).await.unwrap();
+    let fresh = w
+        .commit(PointMeta::marker(
+            Seq(9),
+            Epoch(1),
+            CheckpointKind::AppConsistent,
+            std::time::SystemTime::now(),
+        ))
+        .await
+        .unwrap();
+    let points = api.ok("GET", "/api/items/db-1/points", Value::Null).await;
+    let ids: Vec<&str> = points
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [old.id.as_str(), fresh.id.as_str()]);
+    assert_eq!(points[1]["form"], "stored");
+    assert_eq!(points[1]["kind"], "app-consistent");
+    // The newest crash-consistent point is still two hours old.
+    let h = api.ok("GET", "/api/items/db-1/health", Value::Null).await;
+    assert_eq!(h["health"], "critical", "{h}");
+    assert_eq!(h["latest_app_consistent"]["id"], fresh.id.as_str());
+}
