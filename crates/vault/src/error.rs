@@ -62,7 +62,7 @@ pub enum VaultError {
         region: String,
         /// Why.
         #[source]
-        source: lifeboat_store::StoreError,
+        source: Box<lifeboat_store::StoreError>,
     },
     /// Missing or wrong bearer token.
     #[error("missing or invalid bearer token: send `Authorization: Bearer <token>` with the vault's token")]

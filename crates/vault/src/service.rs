@@ -923,7 +923,7 @@ fn read_job(tx: &Transaction<'_>, id: i64) -> Result<Job, VaultError> {
 async fn list_points(item: &Item, url: &str) -> Result<Vec<PointRecord>, VaultError> {
     let err = |source| VaultError::Store {
         region: item.target_region.clone(),
-        source,
+        source: Box::new(source),
     };
     let vm = VmId::new(&item.vm).map_err(|_| VaultError::Corrupt {
         what: "VM name",
