@@ -154,6 +154,9 @@ pub struct Processor {
     vm: VmId,
     /// The newest stored point this processor knows of (read or stored by it).
     stored: std::sync::Mutex<Option<PointRecord>>,
+    /// Point records already read, by id: a record changes only when this processor (the VM's
+    /// only one) stores it, so each is read from the store once.
+    records: std::sync::Mutex<BTreeMap<String, PointRecord>>,
 }
 
 /// The chunks touched since the base, each with its records in journal order.
@@ -169,7 +172,38 @@ impl Processor {
             store,
             vm,
             stored: std::sync::Mutex::new(None),
+            records: std::sync::Mutex::new(BTreeMap::new()),
         }
+    }
+
+    fn remember(&self, p: &PointRecord) {
+        if let Ok(mut m) = self.records.lock() {
+            m.insert(p.id.clone(), p.clone());
+        }
+    }
+
+    /// The VM's points, oldest first: one listing, and only records not read before.
+    async fn points(&self) -> Result<Vec<PointRecord>, ProcessError> {
+        let se = |e| self.store_err(e);
+        let ids = self.store.list_point_ids(&self.vm).await.map_err(se)?;
+        let missing: Vec<String> = {
+            let mut m = self.records.lock().unwrap_or_else(|p| p.into_inner());
+            m.retain(|id, _| ids.binary_search(id).is_ok());
+            ids.iter()
+                .filter(|id| !m.contains_key(*id))
+                .cloned()
+                .collect()
+        };
+        for id in missing {
+            match self.store.get_point(&self.vm, &id).await {
+                Ok(p) => self.remember(&p),
+                // Deleted since the listing (retention).
+                Err(StoreError::PointNotFound { .. }) => {}
+                Err(e) => return Err(se(e)),
+            }
+        }
+        let m = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(ids.iter().filter_map(|id| m.get(id).cloned()).collect())
     }
 
     fn known_stored(&self) -> Option<PointRecord> {
@@ -413,6 +447,7 @@ impl Processor {
             .put_journal_point(&self.vm, base, meta)
             .await
             .map_err(|e| self.store_err(e))?;
+        self.remember(&p);
         tracing::debug!(vm = %self.vm, point = %p.id, base = %base.id, "recovery point cut");
         Ok(p)
     }
@@ -427,7 +462,17 @@ impl Processor {
         if !point.is_journal_backed() {
             return Ok(point.clone());
         }
-        let points = self.store.list_points(&self.vm).await.map_err(se)?;
+        // Read it again: another tool may have stored it since this processor read it.
+        let point = &self
+            .store
+            .get_point(&self.vm, &point.id)
+            .await
+            .map_err(se)?;
+        self.remember(point);
+        if !point.is_journal_backed() {
+            return Ok(point.clone());
+        }
+        let points = self.points().await?;
         let base = stored_base(&points, point.seq())
             .ok_or_else(|| ProcessError::NoBase {
                 vm: self.vm.clone(),
@@ -495,6 +540,7 @@ impl Processor {
         self.apply(&base, &mut w, &mut pending).await?;
         let stored = w.commit_stored(point).await.map_err(se)?;
         self.note_stored(&stored);
+        self.remember(&stored);
         tracing::debug!(vm = %self.vm, point = %stored.id, base = %base.id, "recovery point stored");
         Ok(stored)
     }
@@ -502,11 +548,7 @@ impl Processor {
     /// Stores the journal-backed points that are due ([`crate::points_to_store`] with the
     /// crash-consistent `interval`), oldest first; returns them in their stored form.
     pub async fn store_due(&self, interval: Duration) -> Result<Vec<PointRecord>, ProcessError> {
-        let points = self
-            .store
-            .list_points(&self.vm)
-            .await
-            .map_err(|e| self.store_err(e))?;
+        let points = self.points().await?;
         let views: Vec<PointView> = points.iter().filter_map(PointView::of).collect();
         let mut out = Vec::new();
         for id in points_to_store(&views, interval) {

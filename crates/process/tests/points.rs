@@ -287,3 +287,38 @@ async fn processing_without_initial_replication_is_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("initial replication"), "{err}");
 }
+
+/// A processor that read a point before another one stored it does not store it again (it
+/// reads the record afresh), and its cached view follows retention's deletions.
+#[tokio::test]
+async fn a_point_stored_by_another_processor_is_not_stored_twice() {
+    let model = vec![vec![7u8; DISK], vec![8u8; DISK]];
+    let common::Rig {
+        dir: _dir,
+        store,
+        processor: a,
+        journal,
+        shipper,
+    } = common::rig(&vm(), &model, 256 << 10).await;
+    journal.append_write(DiskId(0), 0, &[1u8; 4096]).unwrap();
+    journal
+        .append_checkpoint(CheckpointKind::CrashConsistent, SystemTime::now())
+        .unwrap();
+    journal.seal().unwrap();
+    shipper.ship_once(journal.last_seq()).await.unwrap();
+    let cut = a.process(Cut::AtMarkers).await.unwrap();
+    assert_eq!(cut.points.len(), 1);
+    // A cut it (and holds the journal-backed record); B stores it.
+    assert!(cut.points[0].is_journal_backed());
+    let b = Processor::new(store.clone(), vm());
+    let id = cut.points[0].id.clone();
+    let stored_by_b = b.store_due(Duration::ZERO).await.unwrap();
+    assert_eq!(stored_by_b.len(), 1);
+    // A does not store it again: it finds the stored record, unchanged.
+    let again = a.store_due(Duration::ZERO).await.unwrap();
+    assert_eq!(again, stored_by_b);
+    assert_eq!(store.get_point(&vm(), &id).await.unwrap(), stored_by_b[0]);
+    // Deleted behind A's back: A's next pass does not see it.
+    store.delete_point(&vm(), &id).await.unwrap();
+    assert!(a.store_due(Duration::ZERO).await.unwrap().is_empty());
+}
