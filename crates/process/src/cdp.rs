@@ -300,6 +300,21 @@ pub async fn state_at(
     vm: &VmId,
     target: Target,
 ) -> Result<PointInTime, ProcessError> {
+    state_at_within(store, vm, target, OVERLAY_BUDGET).await
+}
+
+/// Memory a [`PointInTime`] may take for the journal since its base (the records read and the
+/// chunks they change, held until read): 2 GiB by default. Past it, the read is refused
+/// ([`ProcessError::TooFarFromBase`]) rather than exhausting the host's memory.
+pub const OVERLAY_BUDGET: u64 = 2 << 30;
+
+/// [`state_at`] with an explicit memory budget (bytes) for the journal since the base.
+pub async fn state_at_within(
+    store: &Store,
+    vm: &VmId,
+    target: Target,
+    budget: u64,
+) -> Result<PointInTime, ProcessError> {
     let se = |e| store_err(vm, e);
     let points = store.list_points(vm).await.map_err(se)?;
     if points.is_empty() {
@@ -385,7 +400,7 @@ pub async fn state_at(
         base,
         readers: Readers::default(),
     };
-    materialize(store, vm, &segments, &mut pit).await?;
+    materialize(store, vm, &segments, &mut pit, budget).await?;
     Ok(pit)
 }
 
@@ -437,7 +452,9 @@ async fn materialize(
     vm: &VmId,
     segments: &[SegmentRef],
     pit: &mut PointInTime,
+    budget: u64,
 ) -> Result<(), ProcessError> {
+    let mut held = 0u64;
     let se = |e| store_err(vm, e);
     let base = pit.base.clone();
     let mut readers = BTreeMap::new();
@@ -497,8 +514,22 @@ async fn materialize(
             let cs = u64::from(reader.chunk_size());
             let (first, last) = (rec.offset / cs, (stop - 1) / cs);
             let rec = Arc::new(rec);
+            held += rec.data.len() as u64 + 64;
             for i in first..=last {
-                pending.entry((rec.disk, i)).or_default().push(rec.clone());
+                let e = pending.entry((rec.disk, i)).or_default();
+                if e.is_empty() {
+                    held += cs;
+                }
+                e.push(rec.clone());
+            }
+            if held > budget {
+                return Err(ProcessError::TooFarFromBase {
+                    vm: vm.clone(),
+                    seq: end,
+                    base: base.id.clone(),
+                    needed_mib: held >> 20,
+                    budget_mib: budget >> 20,
+                });
             }
         }
     }

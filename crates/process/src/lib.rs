@@ -72,7 +72,10 @@ mod plan;
 mod processor;
 mod retention;
 
-pub use cdp::{format_utc_ms, open_point, parse_utc, state_at, PointInTime, Target};
+pub use cdp::{
+    format_utc_ms, open_point, parse_utc, state_at, state_at_within, PointInTime, Target,
+    OVERLAY_BUDGET,
+};
 pub use lag::{percentile, record_lags, Lags};
 pub use plan::{plan_retention, points_to_store, PointView, RetentionPlan};
 pub use processor::{CopyOptions, Cut, ProcessError, ProcessReport, Processor, Progress};

@@ -102,6 +102,20 @@ pub enum ProcessError {
         /// Where its copy ended.
         copy_end: Seq,
     },
+    /// Reading a position needs more memory than allowed for the journal since its base.
+    #[error("reading journal record {seq} of VM {vm} needs more than {budget_mib} MiB of memory ({needed_mib} MiB so far) for the journal since stored point {base}: store a nearer point first (`lifeboat process --store-secs 0`), or choose a stored point")]
+    TooFarFromBase {
+        /// The VM.
+        vm: VmId,
+        /// The position asked for.
+        seq: Seq,
+        /// The stored base.
+        base: String,
+        /// Memory counted when it stopped.
+        needed_mib: u64,
+        /// The budget.
+        budget_mib: u64,
+    },
     /// A seed image could not be read.
     #[error("reading disk image {path} for initial replication")]
     Image {

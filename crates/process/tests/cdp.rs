@@ -370,3 +370,26 @@ async fn a_flipped_bit_in_a_stored_segment_is_named_and_never_restored() {
     let again = s.store.get_point(&vm(), &last.id).await.unwrap();
     assert!(again.is_journal_backed());
 }
+
+#[tokio::test]
+async fn a_position_too_far_from_its_base_is_refused_not_a_memory_exhaustion() {
+    let s = setup().await;
+    // Records 19..=36 are journal only (no stored point after 18): about 18 records touching a
+    // few 64 KiB chunks. A 64 KiB budget cannot hold them; the default can.
+    let e = lifeboat_process::state_at_within(&s.store, &vm(), Target::Seq(Seq(36)), 64 << 10)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ProcessError::TooFarFromBase { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.contains("store a nearer point first"), "{msg}");
+    assert!(msg.contains("00000000000000000018"), "{msg}");
+    let pit = state_at(&s.store, &vm(), Target::Seq(Seq(36)))
+        .await
+        .unwrap();
+    check(&s.store, &pit, &s.models[36], "within the default budget").await;
+    // A stored point itself needs no journal at all.
+    let pit = lifeboat_process::state_at_within(&s.store, &vm(), Target::Seq(Seq(18)), 0)
+        .await
+        .unwrap();
+    check(&s.store, &pit, &s.models[18], "a stored point").await;
+}
