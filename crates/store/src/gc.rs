@@ -311,6 +311,10 @@ impl Store {
             Ok(b) => b,
             Err(e) => return Some(bad(key, chain(&e))),
         };
+        let bytes = match crate::store::stored_segment_bytes(key, bytes) {
+            Ok(b) => b,
+            Err(e) => return Some(bad(key, chain(&e))),
+        };
         match check_segment_bytes(vm, key, &bytes) {
             Err(e) => Some(bad(key, chain(&e))),
             Ok((h, records)) => {

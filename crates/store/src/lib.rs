@@ -16,7 +16,7 @@
 //! | `pages/<2 hex>/<64 hex>`                         | an index page; id = BLAKE3 of its bytes |
 //! | `roots/<2 hex>/<64 hex>`                         | a disk's root manifest; id = BLAKE3 of its bytes |
 //! | `vms/<vm>/points/<seq:020>-<crash\|app>.json`    | a recovery point record (JSON)         |
-//! | `vms/<vm>/segments/<first:020>-<last:020>.lbj`   | a sealed journal segment, as shipped   |
+//! | `vms/<vm>/segments/<first:020>-<last:020>.lbj`   | a sealed journal segment (maybe zstd-wrapped) |
 //! | `vms/<vm>/epochs/<epoch:020>`                    | an epoch the VM reached (JSON; the highest counts) |
 //! | `vms/<vm>/writer-lease`                          | the VM's in-flight point writer (JSON) |
 //! | `gc/lock`                                        | a garbage collection is running (JSON) |
@@ -53,7 +53,11 @@
 //!   committed with [`Store::put_journal_point`] (one object) and later replaced by its stored
 //!   form ([`PointWriter::commit_stored`]): the one record the store ever overwrites, and only
 //!   while it is journal-backed.
-//! * **Segments** are the journal's own format (`lifeboat_journal::parse_segment`).
+//! * **Segments** are the journal's own format (`lifeboat_journal::parse_segment`), stored as
+//!   they are or, when zstd saves at least 3%, wrapped: magic `LBSEGZ01`, version `1` (u32),
+//!   reserved (u32), plain length (u64, at most 1 GiB), then the zstd payload
+//!   ([`format::encode_stored_segment`]). Reading unwraps it within the announced length and
+//!   then checks the segment itself (header, every record's CRC).
 //!
 //! Pages and roots are content-addressed too, so points share unchanged pages, and identical
 //! pages (a zero disk's) are stored once. A point that changes one chunk of a disk adds exactly

@@ -527,11 +527,11 @@ impl Store {
             self.write_epoch(vm, epoch).await?;
         }
         let stored_end = self.stored_segment_end(vm).await?;
-        match self
-            .backend
-            .put(&key, bytes.clone(), PutMode::Create)
-            .await?
-        {
+        let stored = Bytes::from(format::encode_stored_segment(
+            &bytes,
+            self.config.zstd_level,
+        ));
+        match self.backend.put(&key, stored, PutMode::Create).await? {
             PutOutcome::Written => {
                 // A failover may have raised the epoch while we wrote: take our segment back.
                 let now = self.epoch(vm).await?;
@@ -558,7 +558,7 @@ impl Store {
                 Ok(SegmentPut::Stored)
             }
             PutOutcome::AlreadyExists => {
-                let existing = self.backend.get(&key).await?;
+                let existing = stored_segment_bytes(&key, self.backend.get(&key).await?)?;
                 if existing == bytes {
                     Ok(SegmentPut::AlreadyStored)
                 } else {
@@ -613,7 +613,8 @@ impl Store {
 
     /// Reads a segment and checks it (parses, and its header matches its key).
     pub async fn get_segment(&self, vm: &VmId, seg: &SegmentRef) -> Result<Bytes> {
-        let bytes = self.backend.get(&seg.key).await?;
+        let obj = self.backend.get(&seg.key).await?;
+        let bytes = stored_segment_bytes(&seg.key, obj)?;
         let (h, records) = check_segment_bytes(vm, &seg.key, &bytes)?;
         let last = records
             .last()
@@ -639,6 +640,14 @@ impl Store {
             }
         }
         Ok(n)
+    }
+}
+
+/// The journal bytes of a stored segment object (see [`format::decode_stored_segment`]).
+pub(crate) fn stored_segment_bytes(key: &str, obj: Bytes) -> Result<Bytes> {
+    match format::decode_stored_segment(&obj).map_err(|p| StoreError::corrupt(key, p))? {
+        std::borrow::Cow::Borrowed(_) => Ok(obj),
+        std::borrow::Cow::Owned(v) => Ok(Bytes::from(v)),
     }
 }
 
