@@ -199,7 +199,7 @@ async fn serve(args: ServeArgs, journal: Arc<Journal>, disk: Arc<JournaledDisk>)
         (args.point_secs > 0).then(|| Duration::from_secs(args.point_secs)),
         stop_rx.clone(),
     ));
-    let signals = tokio::spawn(signals(journal.clone(), stop_tx));
+    let signals = tokio::spawn(signals(install_signals()?, journal.clone(), stop_tx));
 
     match (&args.socket, args.listen) {
         (Some(path), _) => {
@@ -271,10 +271,32 @@ fn remove_stale_socket(path: &std::path::Path) -> Result<()> {
         .with_context(|| format!("removing stale unix socket {}", path.display()))
 }
 
-async fn signals(journal: Arc<Journal>, stop: tokio::sync::watch::Sender<bool>) -> Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
+/// SIGTERM, SIGINT and SIGUSR1, installed before the server listens: a signal sent as soon
+/// as the socket exists is handled, never the default action.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+}
+
+fn install_signals() -> Result<Signals> {
+    Ok(Signals {
+        term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+        int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+        usr1: signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?,
+    })
+}
+
+async fn signals(
+    sigs: Signals,
+    journal: Arc<Journal>,
+    stop: tokio::sync::watch::Sender<bool>,
+) -> Result<()> {
+    let Signals {
+        mut term,
+        mut int,
+        mut usr1,
+    } = sigs;
     loop {
         tokio::select! {
             _ = term.recv() => break,

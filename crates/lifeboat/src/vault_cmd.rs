@@ -71,18 +71,16 @@ pub fn run(a: VaultArgs) -> Result<()> {
     rt.block_on(async move {
         let db = Db::open(&db_path)?;
         let vault = Vault::new(db, Arc::new(NoAgents))?;
+        // Handlers first: a SIGTERM sent as soon as the port answers is a clean stop.
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
             .with_context(|| format!("listening on {}", a.listen))?;
         tracing::info!(listen = %a.listen, db = %db_path.display(), "vault serving");
-        let stop = async {
-            use tokio::signal::unix::{signal, SignalKind};
-            if let (Ok(mut t), Ok(mut i)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) {
-                tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
-            }
+        let stop = async move {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         };
         axum::serve(listener, api::router(vault, token))
             .with_graceful_shutdown(stop)

@@ -368,3 +368,15 @@ fn interval_checkpoints_are_appended_every_point_secs() {
     );
     stop(&mut procs, &s);
 }
+
+/// SIGTERM sent the moment the socket exists is a clean stop (exit 0), never the default action:
+/// the signal handlers are installed before the server listens.
+#[test]
+fn sigterm_right_after_start_is_a_clean_stop() {
+    let d = TestDisk::sparse(MIB);
+    let mut procs = Procs::new();
+    for _ in 0..10 {
+        let s = d.serve(&mut procs, &[]);
+        stop(&mut procs, &s);
+    }
+}
