@@ -238,27 +238,8 @@ impl PointWriter {
     /// The plain data of chunk `index` of `disk` as this writer has it now (its base's chunk,
     /// or what was set since).
     pub async fn read_chunk(&mut self, disk: DiskId, index: u64) -> Result<Vec<u8>> {
-        let vm = self.vm.clone();
-        let d = self.disks.get(&disk.0).ok_or_else(|| {
-            StoreError::InvalidArgument(format!(
-                "{disk} is not in the point being written for VM {vm}"
-            ))
-        })?;
-        if index >= d.root.chunk_count() {
-            return Err(StoreError::InvalidArgument(format!(
-                "chunk {index} is past the end of {disk} of VM {vm} ({} chunks)",
-                d.root.chunk_count()
-            )));
-        }
-        let len = d.root.chunk_len(index);
-        let per = d.root.page_entries as u64;
-        let (page, slot) = ((index / per) as usize, (index % per) as usize);
-        self.load_page(disk.0, page).await?;
-        let entry = self
-            .disks
-            .get(&disk.0)
-            .and_then(|d| d.loaded.get(&page))
-            .and_then(|p| p.get(slot).copied());
+        let len = self.chunk_len_of(disk, index)?;
+        let (_, _, entry) = self.current_entry(disk, index).await?;
         match entry {
             Some(Entry::Chunk(id)) => {
                 let data = self.store.get_chunk(&id, len).await?;
@@ -282,22 +263,11 @@ impl PointWriter {
     /// unless the store has it. Returns whether the chunk changed.
     pub async fn set_chunk(&mut self, disk: DiskId, index: u64, data: &[u8]) -> Result<bool> {
         self.refresh_lease_if_due().await?;
-        let vm = self.vm.clone();
-        let d = self.disks.get(&disk.0).ok_or_else(|| {
-            StoreError::InvalidArgument(format!(
-                "{disk} is not in the point being written for VM {vm}"
-            ))
-        })?;
-        if index >= d.root.chunk_count() {
-            return Err(StoreError::InvalidArgument(format!(
-                "chunk {index} is past the end of {disk} of VM {vm} ({} chunks)",
-                d.root.chunk_count()
-            )));
-        }
-        let want = d.root.chunk_len(index);
+        let want = self.chunk_len_of(disk, index)?;
         if data.len() != want {
             return Err(StoreError::InvalidArgument(format!(
-                "chunk {index} of {disk} of VM {vm} is {want} bytes, not {}",
+                "chunk {index} of {disk} of VM {} is {want} bytes, not {}",
+                self.vm,
                 data.len()
             )));
         }
@@ -306,14 +276,7 @@ impl PointWriter {
         } else {
             Entry::Chunk(ObjectId::of(data))
         };
-        let page = (index / d.root.page_entries as u64) as usize;
-        let slot = (index % d.root.page_entries as u64) as usize;
-        self.load_page(disk.0, page).await?;
-        let current = self
-            .disks
-            .get(&disk.0)
-            .and_then(|d| d.loaded.get(&page))
-            .and_then(|p| p.get(slot).copied());
+        let (page, slot, current) = self.current_entry(disk, index).await?;
         if current == Some(entry) {
             return Ok(false);
         }
@@ -336,24 +299,16 @@ impl PointWriter {
     /// makes initial replication fast. Returns how many chunks changed.
     pub async fn set_chunks(&mut self, disk: DiskId, chunks: &[(u64, &[u8])]) -> Result<usize> {
         self.refresh_lease_if_due().await?;
-        let vm = self.vm.clone();
-        let per = {
-            let d = self.disks.get(&disk.0).ok_or_else(|| {
-                StoreError::InvalidArgument(format!(
-                    "{disk} is not in the point being written for VM {vm}"
-                ))
-            })?;
-            for (index, data) in chunks {
-                let want = (*index < d.root.chunk_count()).then(|| d.root.chunk_len(*index));
-                if want != Some(data.len()) {
-                    return Err(StoreError::InvalidArgument(format!(
-                        "chunk {index} of {disk} of VM {vm} is out of range or not {} bytes",
-                        want.unwrap_or(0)
-                    )));
-                }
+        for (index, data) in chunks {
+            let want = self.chunk_len_of(disk, *index)?;
+            if data.len() != want {
+                return Err(StoreError::InvalidArgument(format!(
+                    "chunk {index} of {disk} of VM {} is {want} bytes, not {}",
+                    self.vm,
+                    data.len()
+                )));
             }
-            d.root.page_entries as u64
-        };
+        }
         // Hash (and encode) the chunks on the blocking pool, in parallel: with BLAKE3 and zstd
         // this is most of the CPU work of initial replication.
         let level = self.store.config.zstd_level;
@@ -380,13 +335,7 @@ impl PointWriter {
         // Entries and the chunks that change.
         let mut changes = Vec::new();
         for (index, entry, encoded) in prepared {
-            let (page, slot) = ((index / per) as usize, (index % per) as usize);
-            self.load_page(disk.0, page).await?;
-            let current = self
-                .disks
-                .get(&disk.0)
-                .and_then(|d| d.loaded.get(&page))
-                .and_then(|p| p.get(slot).copied());
+            let (page, slot, current) = self.current_entry(disk, index).await?;
             if current != Some(entry) {
                 changes.push((page, slot, entry, encoded));
             }
@@ -413,6 +362,45 @@ impl PointWriter {
             }
         }
         Ok(changed)
+    }
+
+    /// The length of chunk `index` of `disk`, or an error naming what is wrong.
+    fn chunk_len_of(&self, disk: DiskId, index: u64) -> Result<usize> {
+        let d = self.disks.get(&disk.0).ok_or_else(|| {
+            StoreError::InvalidArgument(format!(
+                "{disk} is not in the point being written for VM {}",
+                self.vm
+            ))
+        })?;
+        if index >= d.root.chunk_count() {
+            return Err(StoreError::InvalidArgument(format!(
+                "chunk {index} is past the end of {disk} of VM {} ({} chunks)",
+                self.vm,
+                d.root.chunk_count()
+            )));
+        }
+        Ok(d.root.chunk_len(index))
+    }
+
+    /// The page and slot of chunk `index` of `disk` (a disk of this writer), and its entry as
+    /// this writer has it now (the page is loaded if needed).
+    async fn current_entry(
+        &mut self,
+        disk: DiskId,
+        index: u64,
+    ) -> Result<(usize, usize, Option<Entry>)> {
+        let per = self
+            .disks
+            .get(&disk.0)
+            .map_or(1, |d| u64::from(d.root.page_entries));
+        let (page, slot) = ((index / per) as usize, (index % per) as usize);
+        self.load_page(disk.0, page).await?;
+        let entry = self
+            .disks
+            .get(&disk.0)
+            .and_then(|d| d.loaded.get(&page))
+            .and_then(|p| p.get(slot).copied());
+        Ok((page, slot, entry))
     }
 
     async fn load_page(&mut self, disk: u32, page: usize) -> Result<()> {
