@@ -162,6 +162,35 @@ fn complete_item((mut item, state): (Item, String)) -> Result<Item, VaultError> 
     Ok(item)
 }
 
+/// Runs query `q` and collects its rows with `f`.
+fn query_rows<T, P: rusqlite::Params>(
+    tx: &Transaction<'_>,
+    what: &'static str,
+    q: &str,
+    params: P,
+    f: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>, VaultError> {
+    let mut st = tx.prepare(q).map_err(sql(what))?;
+    let rows = st
+        .query_map(params, f)
+        .map_err(sql(what))?
+        .collect::<rusqlite::Result<Vec<T>>>()
+        .map_err(sql(what));
+    rows
+}
+
+const HOST_COLS: &str = "name, region, url, registered_at, last_seen";
+
+fn host_of(r: &Row<'_>) -> rusqlite::Result<Host> {
+    Ok(Host {
+        name: r.get(0)?,
+        region: r.get(1)?,
+        url: r.get(2)?,
+        registered_at: r.get(3)?,
+        last_seen: r.get(4)?,
+    })
+}
+
 const ITEM_COLS: &str = "vm, state, policy, source_region, target_region, active_region, \
                          percent_synced, epoch, job, updated_at";
 const JOB_COLS: &str =
@@ -238,15 +267,13 @@ impl Vault {
 
     fn recover_interrupted_jobs(&self) -> Result<(), VaultError> {
         let running: Vec<i64> = self.db.tx("listing interrupted jobs", |tx| {
-            let mut st = tx
-                .prepare("SELECT id FROM jobs WHERE status = 'running'")
-                .map_err(sql("listing interrupted jobs"))?;
-            let ids = st
-                .query_map([], |r| r.get(0))
-                .map_err(sql("listing interrupted jobs"))?
-                .collect::<rusqlite::Result<Vec<i64>>>()
-                .map_err(sql("listing interrupted jobs"))?;
-            Ok(ids)
+            query_rows(
+                tx,
+                "listing interrupted jobs",
+                "SELECT id FROM jobs WHERE status = 'running'",
+                [],
+                |r| r.get(0),
+            )
         })?;
         for id in running {
             self.finish_job(
@@ -303,20 +330,18 @@ impl Vault {
     /// Every region.
     pub fn regions(&self) -> Result<Vec<Region>, VaultError> {
         self.db.tx("listing regions", |tx| {
-            let mut st = tx
-                .prepare("SELECT name, store_url FROM regions ORDER BY name")
-                .map_err(sql("listing regions"))?;
-            let rows = st
-                .query_map([], |r| {
+            query_rows(
+                tx,
+                "listing regions",
+                "SELECT name, store_url FROM regions ORDER BY name",
+                [],
+                |r| {
                     Ok(Region {
                         name: r.get(0)?,
                         store_url: r.get(1)?,
                     })
-                })
-                .map_err(sql("listing regions"))?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(sql("listing regions"))?;
-            Ok(rows)
+                },
+            )
         })
     }
 
@@ -350,17 +375,9 @@ impl Vault {
                 ),
             )?;
             tx.query_row(
-                "SELECT name, region, url, registered_at, last_seen FROM hosts WHERE name = ?1",
+                &format!("SELECT {HOST_COLS} FROM hosts WHERE name = ?1"),
                 params![h.name],
-                |r| {
-                    Ok(Host {
-                        name: r.get(0)?,
-                        region: r.get(1)?,
-                        url: r.get(2)?,
-                        registered_at: r.get(3)?,
-                        last_seen: r.get(4)?,
-                    })
-                },
+                host_of,
             )
             .map_err(sql("reading a host"))
         })
@@ -369,25 +386,13 @@ impl Vault {
     /// Every host.
     pub fn hosts(&self) -> Result<Vec<Host>, VaultError> {
         self.db.tx("listing hosts", |tx| {
-            let mut st = tx
-                .prepare(
-                    "SELECT name, region, url, registered_at, last_seen FROM hosts ORDER BY name",
-                )
-                .map_err(sql("listing hosts"))?;
-            let rows = st
-                .query_map([], |r| {
-                    Ok(Host {
-                        name: r.get(0)?,
-                        region: r.get(1)?,
-                        url: r.get(2)?,
-                        registered_at: r.get(3)?,
-                        last_seen: r.get(4)?,
-                    })
-                })
-                .map_err(sql("listing hosts"))?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(sql("listing hosts"))?;
-            Ok(rows)
+            query_rows(
+                tx,
+                "listing hosts",
+                &format!("SELECT {HOST_COLS} FROM hosts ORDER BY name"),
+                [],
+                host_of,
+            )
         })
     }
 
@@ -413,14 +418,13 @@ impl Vault {
     /// Every policy.
     pub fn policies(&self) -> Result<Vec<Policy>, VaultError> {
         self.db.tx("listing policies", |tx| {
-            let mut st = tx
-                .prepare("SELECT name, body FROM policies ORDER BY name")
-                .map_err(sql("listing policies"))?;
-            let rows = st
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-                .map_err(sql("listing policies"))?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(sql("listing policies"))?;
+            let rows = query_rows(
+                tx,
+                "listing policies",
+                "SELECT name, body FROM policies ORDER BY name",
+                [],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+            )?;
             rows.into_iter()
                 .map(|(name, body)| {
                     let policy = serde_json::from_str(&body).map_err(|_| VaultError::Corrupt {
@@ -478,21 +482,20 @@ impl Vault {
     /// Every VM.
     pub fn vms(&self) -> Result<Vec<Vm>, VaultError> {
         self.db.tx("listing VMs", |tx| {
-            let mut st = tx
-                .prepare("SELECT name, region, definition, created_at FROM vms ORDER BY name")
-                .map_err(sql("listing VMs"))?;
-            let rows = st
-                .query_map([], |r| {
+            let rows = query_rows(
+                tx,
+                "listing VMs",
+                "SELECT name, region, definition, created_at FROM vms ORDER BY name",
+                [],
+                |r| {
                     Ok((
                         r.get::<_, String>(0)?,
                         r.get::<_, String>(1)?,
                         r.get::<_, String>(2)?,
                         r.get::<_, i64>(3)?,
                     ))
-                })
-                .map_err(sql("listing VMs"))?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(sql("listing VMs"))?;
+                },
+            )?;
             rows.into_iter()
                 .map(|(name, region, def, created_at)| {
                     let definition =
@@ -533,14 +536,13 @@ impl Vault {
     /// Every replicated item.
     pub fn items(&self) -> Result<Vec<Item>, VaultError> {
         self.db.tx("listing items", |tx| {
-            let mut st = tx
-                .prepare(&format!("SELECT {ITEM_COLS} FROM items ORDER BY vm"))
-                .map_err(sql("listing items"))?;
-            let rows = st
-                .query_map([], item_of)
-                .map_err(sql("listing items"))?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(sql("listing items"))?;
+            let rows = query_rows(
+                tx,
+                "listing items",
+                &format!("SELECT {ITEM_COLS} FROM items ORDER BY vm"),
+                [],
+                item_of,
+            )?;
             rows.into_iter().map(complete_item).collect()
         })
     }
@@ -841,16 +843,13 @@ impl Vault {
     /// Jobs, newest first (at most `limit`).
     pub fn jobs(&self, limit: i64) -> Result<Vec<Job>, VaultError> {
         self.db.tx("listing jobs", |tx| {
-            let mut st = tx
-                .prepare(&format!(
-                    "SELECT {JOB_COLS} FROM jobs ORDER BY id DESC LIMIT ?1"
-                ))
-                .map_err(sql("listing jobs"))?;
-            let rows = st
-                .query_map(params![limit], job_of)
-                .map_err(sql("listing jobs"))?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(sql("listing jobs"))?;
+            let rows = query_rows(
+                tx,
+                "listing jobs",
+                &format!("SELECT {JOB_COLS} FROM jobs ORDER BY id DESC LIMIT ?1"),
+                params![limit],
+                job_of,
+            )?;
             rows.into_iter().map(complete_job).collect()
         })
     }
@@ -863,14 +862,13 @@ impl Vault {
     /// Events after `since` (an event id), oldest first, at most `limit`.
     pub fn events(&self, since: i64, limit: i64) -> Result<Vec<Event>, VaultError> {
         self.db.tx("listing events", |tx| {
-            let mut st = tx
-                .prepare(
-                    "SELECT id, at, level, vm, job, message FROM events WHERE id > ?1
-                     ORDER BY id LIMIT ?2",
-                )
-                .map_err(sql("listing events"))?;
-            let rows = st
-                .query_map(params![since, limit], |r| {
+            query_rows(
+                tx,
+                "listing events",
+                "SELECT id, at, level, vm, job, message FROM events WHERE id > ?1
+                 ORDER BY id LIMIT ?2",
+                params![since, limit],
+                |r| {
                     Ok(Event {
                         id: r.get(0)?,
                         at: r.get(1)?,
@@ -879,11 +877,8 @@ impl Vault {
                         job: r.get(4)?,
                         message: r.get(5)?,
                     })
-                })
-                .map_err(sql("listing events"))?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(sql("listing events"))?;
-            Ok(rows)
+                },
+            )
         })
     }
 }
