@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lifeboat_journal::{parse_segment, Record};
+use lifeboat_journal::Record;
 use lifeboat_store::{DiskReader, PointRecord, SegmentRef, Store, StoreError};
 use lifeboat_types::{DiskId, RecordKind, Seq, VmId};
 
@@ -216,15 +216,10 @@ struct Scan {
 }
 
 async fn load(store: &Store, vm: &VmId, seg: &SegmentRef) -> Result<Vec<Record>, ProcessError> {
-    let bytes = store
-        .get_segment(vm, seg)
+    let (_, records) = store
+        .read_segment(vm, seg)
         .await
         .map_err(|e| store_err(vm, e))?;
-    let (_, records) = parse_segment(&bytes).map_err(|source| ProcessError::Segment {
-        vm: vm.clone(),
-        key: seg.key.clone(),
-        source,
-    })?;
     Ok(records)
 }
 

@@ -10,7 +10,6 @@
 
 use std::time::Duration;
 
-use lifeboat_journal::parse_segment;
 use lifeboat_store::Store;
 use lifeboat_types::VmId;
 
@@ -41,12 +40,7 @@ pub async fn record_lags(store: &Store, vm: &VmId) -> Result<Lags, ProcessError>
             .await
             .map_err(se)?
             .map(|o| o.last_modified);
-        let bytes = store.get_segment(vm, &seg).await.map_err(se)?;
-        let (_, records) = parse_segment(&bytes).map_err(|source| ProcessError::Segment {
-            vm: vm.clone(),
-            key: seg.key.clone(),
-            source,
-        })?;
+        let (_, records) = store.read_segment(vm, &seg).await.map_err(se)?;
         for r in records {
             if let Some(t) = stored {
                 lags.to_store

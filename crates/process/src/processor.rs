@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use lifeboat_journal::{parse_segment, Record};
+use lifeboat_journal::Record;
 use lifeboat_store::{PointMeta, PointOrigin, PointRecord, Store, StoreError};
 use lifeboat_types::{CheckpointKind, DiskId, Epoch, RecordKind, Seq, VmId};
 
@@ -22,17 +22,6 @@ pub enum ProcessError {
         /// Why.
         #[source]
         source: Box<StoreError>,
-    },
-    /// A stored segment does not parse.
-    #[error("stored segment {key} of VM {vm} is damaged")]
-    Segment {
-        /// The VM.
-        vm: VmId,
-        /// The segment's object key.
-        key: String,
-        /// Why.
-        #[source]
-        source: lifeboat_journal::JournalError,
     },
     /// There is no point to start from.
     #[error("VM {vm} has no recovery point yet: initial replication must finish first")]
@@ -397,13 +386,7 @@ impl Processor {
         let mut last_time = newest.time();
         let first_needed = expected;
         for seg in segments.iter().filter(|s| s.last_seq >= first_needed) {
-            let bytes = self.store.get_segment(&self.vm, seg).await.map_err(se)?;
-            let (header, records) =
-                parse_segment(&bytes).map_err(|source| ProcessError::Segment {
-                    vm: self.vm.clone(),
-                    key: seg.key.clone(),
-                    source,
-                })?;
+            let (header, records) = self.store.read_segment(&self.vm, seg).await.map_err(se)?;
             epoch = epoch.max(header.epoch);
             for rec in records {
                 if rec.seq < expected {
@@ -511,12 +494,7 @@ impl Processor {
             .iter()
             .filter(|s| s.last_seq >= base.seq().next() && s.first_seq <= end)
         {
-            let bytes = self.store.get_segment(&self.vm, seg).await.map_err(se)?;
-            let (_, records) = parse_segment(&bytes).map_err(|source| ProcessError::Segment {
-                vm: self.vm.clone(),
-                key: seg.key.clone(),
-                source,
-            })?;
+            let (_, records) = self.store.read_segment(&self.vm, seg).await.map_err(se)?;
             for rec in records {
                 if rec.seq < expected {
                     continue;

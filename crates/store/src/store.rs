@@ -615,7 +615,36 @@ impl Store {
     pub async fn get_segment(&self, vm: &VmId, seg: &SegmentRef) -> Result<Bytes> {
         let obj = self.backend.get(&seg.key).await?;
         let bytes = stored_segment_bytes(&seg.key, obj)?;
-        let (h, records) = check_segment_bytes(vm, &seg.key, &bytes)?;
+        self.checked_segment(vm, seg, &bytes)?;
+        Ok(bytes)
+    }
+
+    /// A stored segment's header and records, checked as [`Store::get_segment`] checks them
+    /// (parsed once: what processing and restores read).
+    pub async fn read_segment(
+        &self,
+        vm: &VmId,
+        seg: &SegmentRef,
+    ) -> Result<(
+        lifeboat_journal::SegmentHeader,
+        Vec<lifeboat_journal::Record>,
+    )> {
+        let obj = self.backend.get(&seg.key).await?;
+        let bytes = stored_segment_bytes(&seg.key, obj)?;
+        self.checked_segment(vm, seg, &bytes)
+    }
+
+    /// Parses a segment's bytes and checks them against its key.
+    fn checked_segment(
+        &self,
+        vm: &VmId,
+        seg: &SegmentRef,
+        bytes: &[u8],
+    ) -> Result<(
+        lifeboat_journal::SegmentHeader,
+        Vec<lifeboat_journal::Record>,
+    )> {
+        let (h, records) = check_segment_bytes(vm, &seg.key, bytes)?;
         let last = records
             .last()
             .map(|r| r.seq)
@@ -627,7 +656,7 @@ impl Store {
                 reason: format!("its content is VM {} {}..={}", h.vm, h.first_seq, last),
             });
         }
-        Ok(bytes)
+        Ok((h, records))
     }
 
     /// Deletes every segment whose last record is at or before `seq`; returns how many.
