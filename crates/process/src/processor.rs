@@ -241,8 +241,8 @@ impl Processor {
         };
         if let Some(k) = self.known_stored() {
             if k.seq() <= newest.seq() && ids.binary_search(&k.id).is_ok() {
-                let recorded_seq = recorded.split('-').next().and_then(|n| n.parse().ok());
-                if recorded_seq.is_none_or(|r: u64| k.seq > r) || k.id == recorded {
+                let recorded_seq = lifeboat_store::parse_point_id(&recorded).map(|(s, _)| s);
+                if recorded_seq.is_none_or(|r| k.seq() > r) || k.id == recorded {
                     return Ok((newest, k));
                 }
             }

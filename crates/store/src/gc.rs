@@ -15,7 +15,8 @@ use crate::format::{
     GC_LOCK_KEY, LEASE_FORMAT, MAX_CHUNK_SIZE,
 };
 use crate::store::{
-    check_id, check_segment_bytes, decode_point, parse_segment_name, point_key, Store,
+    check_id, check_segment_bytes, decode_point, parse_point_id, parse_segment_name, point_key,
+    Store,
 };
 
 /// Slack for clock granularity and skew between writers, GC and the backend: a writer treats
@@ -250,7 +251,7 @@ impl Store {
                 if !objects.iter().any(|o| o.key == base_key) {
                     missing.push(format!("base point {base_key}"));
                 }
-                let from = Seq(point.seq.min(base_id_seq(base).unwrap_or(point.seq)));
+                let from = parse_point_id(base).map_or(point.seq(), |(n, _)| n.min(point.seq()));
                 let have = ranges.get(&vm).map(Vec::as_slice).unwrap_or(&[]);
                 if let Some(hole) = first_uncovered(have, from.next(), point.seq()) {
                     missing.push(format!(
@@ -538,11 +539,6 @@ impl JsonRecord for LeaseRecord {
     fn header(&self) -> (&str, u32) {
         (&self.format, self.version)
     }
-}
-
-/// The journal position in a point id (`<seq:020>-<kind>`).
-fn base_id_seq(id: &str) -> Option<u64> {
-    id.split('-').next()?.parse().ok()
 }
 
 /// The first record in `from..=to` that no range holds (`None`: all held).

@@ -110,6 +110,29 @@ pub fn point_id(seq: Seq, kind: CheckpointKind) -> String {
     format!("{:020}-{}", seq.0, kind_suffix(kind))
 }
 
+/// The journal position and kind in a point id (`None`: not a point id).
+///
+/// ```
+/// use lifeboat_store::{parse_point_id, point_id};
+/// use lifeboat_types::{CheckpointKind, Seq};
+/// let id = point_id(Seq(42), CheckpointKind::AppConsistent);
+/// assert_eq!(parse_point_id(&id), Some((Seq(42), CheckpointKind::AppConsistent)));
+/// assert_eq!(parse_point_id("42-app"), None);
+/// assert_eq!(parse_point_id("00000000000000000042-fuzzy"), None);
+/// ```
+pub fn parse_point_id(id: &str) -> Option<(Seq, CheckpointKind)> {
+    let (seq, kind) = id.split_once('-')?;
+    let kind = match kind {
+        "crash" => CheckpointKind::CrashConsistent,
+        "app" => CheckpointKind::AppConsistent,
+        _ => return None,
+    };
+    if seq.len() != 20 || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((Seq(seq.parse().ok()?), kind))
+}
+
 fn kind_suffix(kind: CheckpointKind) -> &'static str {
     match kind {
         CheckpointKind::CrashConsistent => "crash",
@@ -734,9 +757,8 @@ pub(crate) fn decode_point(key: &str, vm: &VmId, id: &str, obj: &[u8]) -> Result
         return Err(bad("point id (does not match seq and kind)", &p.id));
     }
     if let Some(b) = &p.base {
-        // A base is an older point: its id sorts before this one's.
-        let base_seq = b.split('-').next().and_then(|n| n.parse::<u64>().ok());
-        if b.len() < 21 || base_seq.is_none_or(|n| n > p.seq) || *b == p.id {
+        // A base is an older point.
+        if parse_point_id(b).is_none_or(|(n, _)| n > p.seq()) || *b == p.id {
             return Err(bad("base point (must be an older point)", b));
         }
     }
