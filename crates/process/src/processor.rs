@@ -155,8 +155,6 @@ pub struct CopyOptions<'a> {
 pub struct Processor {
     store: Store,
     vm: VmId,
-    /// The newest stored point this processor knows of (read or stored by it).
-    stored: std::sync::Mutex<Option<PointRecord>>,
     /// Point records already read, by id: a record changes only when this processor (the VM's
     /// only one) stores it, so each is read from the store once.
     records: std::sync::Mutex<BTreeMap<String, PointRecord>>,
@@ -174,7 +172,6 @@ impl Processor {
         Processor {
             store,
             vm,
-            stored: std::sync::Mutex::new(None),
             records: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
@@ -209,16 +206,14 @@ impl Processor {
         Ok(ids.iter().filter_map(|id| m.get(id).cloned()).collect())
     }
 
-    fn known_stored(&self) -> Option<PointRecord> {
-        self.stored.lock().ok().and_then(|g| g.clone())
-    }
-
-    fn note_stored(&self, p: &PointRecord) {
-        if let Ok(mut g) = self.stored.lock() {
-            if g.as_ref().is_none_or(|k| k.seq() < p.seq()) {
-                *g = Some(p.clone());
-            }
-        }
+    /// The newest stored point this processor has read or stored, at or before `upto`.
+    fn known_stored(&self, upto: Seq) -> Option<PointRecord> {
+        let m = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        // Ids sort by journal position.
+        m.values()
+            .rev()
+            .find(|p| !p.is_journal_backed() && p.seq() <= upto)
+            .cloned()
     }
 
     /// The newest point and the stored point new journal-backed points build on: the newest
@@ -236,11 +231,11 @@ impl Processor {
             .await
             .map_err(se)?;
         let Some(recorded) = newest.base.clone() else {
-            self.note_stored(&newest);
+            self.remember(&newest);
             return Ok((newest.clone(), newest));
         };
-        if let Some(k) = self.known_stored() {
-            if k.seq() <= newest.seq() && ids.binary_search(&k.id).is_ok() {
+        if let Some(k) = self.known_stored(newest.seq()) {
+            if ids.binary_search(&k.id).is_ok() {
                 let recorded_seq = lifeboat_store::parse_point_id(&recorded).map(|(s, _)| s);
                 if recorded_seq.is_none_or(|r| k.seq() > r) || k.id == recorded {
                     return Ok((newest, k));
@@ -255,7 +250,7 @@ impl Processor {
         if base.is_journal_backed() {
             return Err(no_base());
         }
-        self.note_stored(&base);
+        self.remember(&base);
         Ok((newest, base))
     }
 
@@ -531,7 +526,6 @@ impl Processor {
         }
         self.apply(&base, &mut w, &mut pending).await?;
         let stored = w.commit_stored(point).await.map_err(se)?;
-        self.note_stored(&stored);
         self.remember(&stored);
         tracing::debug!(vm = %self.vm, point = %stored.id, base = %base.id, "recovery point stored");
         Ok(stored)
