@@ -62,6 +62,10 @@ pub enum VmCmd {
     },
     /// List VMs.
     List,
+    /// Start a VM where it runs now (its source host, or the target after failover).
+    Start { name: String },
+    /// Shut a VM down (ACPI power button, then quit).
+    Stop { name: String },
 }
 
 #[derive(Args)]
@@ -89,6 +93,10 @@ pub struct OpArgs {
     /// Failover: shut the source VM down first (best effort).
     #[arg(long)]
     shutdown_source: bool,
+    /// With --shutdown-source: seconds the guest gets to power off after the ACPI power
+    /// button before QEMU is told to quit (default 30).
+    #[arg(long, requires = "shutdown_source")]
+    shutdown_timeout: Option<u64>,
     /// Return at once instead of following the job.
     #[arg(long)]
     no_wait: bool,
@@ -311,6 +319,16 @@ pub fn vm(c: &VaultConn, cmd: VmCmd) -> Result<()> {
                 }
             })
         }
+        VmCmd::Start { name } => {
+            let v = cl.post(&format!("/api/vms/{name}/start"), json!({}))?;
+            cl.print(&v, |v| {
+                println!("VM {name} running; serial console {}", s(v, "serial_log"))
+            })
+        }
+        VmCmd::Stop { name } => {
+            let v = cl.post(&format!("/api/vms/{name}/stop"), json!({}))?;
+            cl.print(&v, |_| println!("VM {name} stopped"))
+        }
     }
 }
 
@@ -343,8 +361,30 @@ pub fn operate(c: &VaultConn, op: &str, a: OpArgs) -> Result<()> {
     if a.shutdown_source {
         body["shutdown_source"] = json!(true);
     }
+    if let Some(t) = a.shutdown_timeout {
+        body["shutdown_timeout_secs"] = json!(t);
+    }
     let job = cl.post(&format!("/api/items/{}/{op}", a.vm), body)?;
     finish_op(&cl, job, a.no_wait)
+}
+
+/// A time in ms since 1970 as UTC text.
+fn utc(ms: &Value) -> String {
+    match ms.as_i64().and_then(|m| u64::try_from(m).ok()) {
+        Some(m) => {
+            lifeboat_process::format_utc_ms(std::time::UNIX_EPOCH + Duration::from_millis(m))
+        }
+        None => "-".to_string(),
+    }
+}
+
+/// An item's RPO for people (`0.8s`, `3m12s`, `-` when unknown).
+fn rpo(item: &Value) -> String {
+    match item["rpo_ms"].as_i64() {
+        Some(ms) if ms < 60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        Some(ms) => format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60),
+        None => "-".to_string(),
+    }
 }
 
 pub fn items(c: &VaultConn) -> Result<()> {
@@ -356,16 +396,17 @@ pub fn items(c: &VaultConn) -> Result<()> {
     }
     cl.print(&v, |v| {
         println!(
-            "{:<20} {:<30} {:<9} {:<8} {:<12} ACTIVE REGION",
-            "VM", "STATE", "HEALTH", "SYNCED", "POLICY"
+            "{:<20} {:<30} {:<9} {:<8} {:<9} {:<12} ACTIVE REGION",
+            "VM", "STATE", "HEALTH", "SYNCED", "RPO", "POLICY"
         );
         for i in v.as_array().into_iter().flatten() {
             println!(
-                "{:<20} {:<30} {:<9} {:>5}%   {:<12} {}",
+                "{:<20} {:<30} {:<9} {:>5}%   {:<9} {:<12} {}",
                 s(i, "vm"),
                 s(i, "state_label"),
                 s(&i["health"], "health"),
                 s(i, "percent_synced"),
+                rpo(i),
                 s(i, "policy"),
                 s(i, "active_region")
             );
@@ -379,13 +420,13 @@ pub fn item_points(c: &VaultConn, vm: &str) -> Result<()> {
     cl.print(&v, |v| {
         println!(
             "{:<28} {:<15} {:<17} {:<13} DISKS",
-            "POINT", "TIME (ms)", "KIND", "FORM"
+            "POINT", "TIME (UTC)", "KIND", "FORM"
         );
         for p in v.as_array().into_iter().flatten() {
             println!(
                 "{:<28} {:<15} {:<17} {:<13} {}",
                 s(p, "id"),
-                s(p, "time"),
+                utc(&p["time"]),
                 s(p, "kind"),
                 s(p, "form"),
                 s(p, "disks")
@@ -423,6 +464,10 @@ pub fn item_show(c: &VaultConn, vm: &str) -> Result<()> {
         println!("Active region:      {}", s(i, "active_region"));
         println!("Policy:             {}", s(i, "policy"));
         println!("Synchronized:       {}%", s(i, "percent_synced"));
+        println!("RPO:                {}", rpo(i));
+        if let Some(h) = i["hydrated_percent"].as_i64() {
+            println!("Disks local:        {h}% (hydration at the target)");
+        }
         let ops: Vec<String> = i["allowed_operations"]
             .as_array()
             .into_iter()

@@ -7,9 +7,12 @@
 //! * `lifeboat points|restore|verify|process|seed|lag|retention|gc`: a region store's recovery
 //!   points.
 //! * `lifeboat vault`: the vault daemon (SQLite state, REST API).
+//! * `lifeboat agent`: a host's agent; `lifeboat up`: the vault and two regions' agents in one
+//!   process (the embedded default).
 //!
 //! Errors print their whole cause chain (anyhow's `{:#}`).
 
+mod agent_cmd;
 mod client;
 mod disk_serve;
 mod initial_copy;
@@ -56,6 +59,10 @@ enum Command {
     Gc(store_cmd::GcArgs),
     /// Run the vault: state in SQLite, the REST API.
     Vault(vault_cmd::VaultArgs),
+    /// Run a host's agent: disk servers, shipping, processing, recovery, QEMU.
+    Agent(agent_cmd::AgentArgs),
+    /// Run everything on this machine: the vault and an agent for each of two regions.
+    Up(agent_cmd::UpArgs),
     /// Regions (vault API).
     Region {
         #[command(flatten)]
@@ -173,6 +180,8 @@ fn main() -> std::process::ExitCode {
         Command::Retention(a) => store_cmd::retention(a),
         Command::Gc(a) => store_cmd::gc(a),
         Command::Vault(a) => vault_cmd::run(a),
+        Command::Agent(a) => agent_cmd::agent(a),
+        Command::Up(a) => agent_cmd::up(a),
         Command::Region { conn, cmd } => client::region(&conn, cmd),
         Command::Vm { conn, cmd } => client::vm(&conn, cmd),
         Command::Protect { conn, args } => client::protect(&conn, args),

@@ -11,11 +11,12 @@ use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
+use lifeboat_agent::pick::{is_time, pick_point};
 use lifeboat_process::{
     format_utc_ms, open_point, parse_utc, state_at, Cut, PointInTime, Processor, Target,
 };
 use lifeboat_store::{Entry, PointRecord, Store};
-use lifeboat_types::{CheckpointKind, DiskId, Epoch, Seq, VmId};
+use lifeboat_types::{DiskId, Epoch, Seq, VmId};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Output {
@@ -190,33 +191,6 @@ pub fn points(a: PointsArgs) -> Result<()> {
     Ok(())
 }
 
-async fn pick_point(store: &Store, vm: &VmId, which: &str) -> Result<PointRecord> {
-    let points = store.list_points(vm).await?;
-    let mut restorable = points.iter().rev().filter(|p| p.is_restorable());
-    let found = match which {
-        "latest" | "latest-processed" => restorable.next().cloned(),
-        "latest-app-consistent" => restorable
-            .find(|p| p.checkpoint_kind() == Some(CheckpointKind::AppConsistent))
-            .cloned(),
-        id => Some(store.get_point(vm, id).await?),
-    };
-    found.with_context(|| {
-        if points.iter().any(|p| !p.is_restorable()) {
-            format!(
-                "VM {vm} has no {which} recovery point yet: initial replication is still \
-                 catching up"
-            )
-        } else {
-            format!("VM {vm} has no {which} recovery point")
-        }
-    })
-}
-
-/// Whether `--point` names a time rather than a point (point ids are `<seq>-crash|app`).
-fn point_is_time(p: &str) -> bool {
-    p.starts_with('@') || (p.ends_with('Z') && p.contains('T'))
-}
-
 /// What a restore wrote from: a recovery point, or a point in time of the journal.
 enum Restored {
     Point(PointRecord),
@@ -224,7 +198,7 @@ enum Restored {
 }
 
 pub fn restore(a: RestoreArgs) -> Result<()> {
-    if point_is_time(&a.point) {
+    if is_time(&a.point) {
         // Fail on a malformed time before touching anything.
         parse_utc(&a.point).map_err(anyhow::Error::msg)?;
     }
@@ -238,7 +212,7 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
     let vm = vm_id(&a.vm)?;
     let tmp = a.output.with_extension("restoring");
     let result = runtime()?.block_on(async {
-        if point_is_time(&a.point) {
+        if is_time(&a.point) {
             let asked = parse_utc(&a.point).map_err(anyhow::Error::msg)?;
             let pit = state_at(&store, &vm, Target::Time(asked)).await?;
             write_disk(&store, &pit, DiskId(a.disk), &tmp).await?;

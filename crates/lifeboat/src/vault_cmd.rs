@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use lifeboat_vault::{api, Db, NoAgents, Vault};
+use lifeboat_vault::{api, AgentExecutor, Db, Vault};
 
 #[derive(Args)]
 pub struct VaultArgs {
@@ -27,7 +27,7 @@ pub struct VaultArgs {
 }
 
 /// Reads the token at `path`, creating it (random, 0600) if missing.
-fn token(path: &Path) -> Result<String> {
+pub fn token(path: &Path) -> Result<String> {
     if !path.exists() {
         let mut raw = [0u8; 24];
         std::fs::File::open("/dev/urandom")
@@ -63,29 +63,48 @@ pub fn run(a: VaultArgs) -> Result<()> {
     std::fs::create_dir_all(&a.data)
         .with_context(|| format!("creating the data directory {}", a.data.display()))?;
     let token = token(&a.token_file.clone().unwrap_or_else(|| a.data.join("token")))?;
-    let db_path = a.data.join("vault.db");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let db = Db::open(&db_path)?;
-        let vault = Vault::new(db, Arc::new(NoAgents))?;
         // Handlers first: a SIGTERM sent as soon as the port answers is a clean stop.
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-        let listener = tokio::net::TcpListener::bind(a.listen)
-            .await
-            .with_context(|| format!("listening on {}", a.listen))?;
-        tracing::info!(listen = %a.listen, db = %db_path.display(), "vault serving");
-        let stop = async move {
-            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        };
-        axum::serve(listener, api::router(vault, token))
-            .with_graceful_shutdown(stop)
-            .await
-            .context("serving the API")?;
-        anyhow::Ok(())
+        let stop = crate::agent_cmd::stop_signal()?;
+        let vault = open_vault(&a.data, &token)?;
+        let listener = bind(a.listen).await?;
+        serve(vault, listener, token, stop).await
     })
+}
+
+/// The vault on `<data>/vault.db`, running jobs through the agents.
+pub fn open_vault(data: &Path, token: &str) -> Result<Vault> {
+    let db = Db::open(&data.join("vault.db"))?;
+    Ok(Vault::new(
+        db,
+        Arc::new(AgentExecutor::new(token.to_string())?),
+    )?)
+}
+
+/// Listens for the API.
+pub async fn bind(listen: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))
+}
+
+/// Serves the API until `stop` turns true.
+pub async fn serve(
+    vault: Vault,
+    listener: tokio::net::TcpListener,
+    token: String,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    let addr = listener.local_addr().context("the vault's address")?;
+    tracing::info!(listen = %addr, "vault serving");
+    axum::serve(listener, api::router(vault, token))
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|v| *v).await;
+        })
+        .await
+        .context("serving the API")
 }

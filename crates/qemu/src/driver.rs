@@ -42,6 +42,10 @@ pub struct StartOptions {
     pub start_timeout: Duration,
     /// Timeout of each QMP command (default 30 s).
     pub command_timeout: Duration,
+    /// [`start`] only: QEMU gets SIGKILL when the thread that started it exits (Linux
+    /// `PR_SET_PDEATHSIG`), so an agent killed with -9 leaves no VM behind writing to disks
+    /// nobody serves (default off).
+    pub die_with_parent: bool,
 }
 
 impl StartOptions {
@@ -53,6 +57,7 @@ impl StartOptions {
             accel: Accel::Auto,
             start_timeout: Duration::from_secs(30),
             command_timeout: crate::qmp::DEFAULT_TIMEOUT,
+            die_with_parent: false,
         }
     }
 }
@@ -365,9 +370,21 @@ fn file_tail(path: &Path, max: usize) -> String {
 /// the caller does not reach the VM.
 pub async fn start(def: &VmDefinition, opts: &StartOptions) -> Result<RunningVm, QemuError> {
     let mut child = None;
+    let die_with_parent = opts.die_with_parent;
     let vm = start_inner(def, opts, |mut cmd| {
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
+        if die_with_parent {
+            // SAFETY: prctl is async-signal-safe and touches only the child.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let c = cmd.spawn()?;
         let pid = c.id();
         child = Some(c);

@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use utoipa::OpenApi;
 
+use crate::agent_wire::{CopyState, HostReport, RecoveredStatus, ReplicaStatus, SourceStatus};
 use crate::error::{ErrorBody, VaultError};
 use crate::model::{
     CreateVm, Event, HealthInfo, Host, Item, Job, OperationRequest, PointInfo, Policy,
@@ -65,9 +66,11 @@ pub fn router(vault: Vault, token: String) -> Router {
     let api = Router::new()
         .route("/api/regions", get(list_regions).post(add_region))
         .route("/api/hosts", get(list_hosts).post(register_host))
+        .route("/api/hosts/{name}/report", post(host_report))
         .route("/api/policies", get(list_policies))
         .route("/api/policies/{name}", put(put_policy))
         .route("/api/vms", get(list_vms).post(create_vm))
+        .route("/api/vms/{name}/{verb}", post(vm_power))
         .route("/api/items", get(list_items).post(protect))
         .route("/api/items/{vm}", get(get_item))
         .route("/api/items/{vm}/points", get(item_points))
@@ -99,14 +102,15 @@ async fn not_found() -> Response {
 #[openapi(
     info(title = "Lifeboat vault API", description = "Disaster recovery for KVM/QEMU VMs"),
     paths(
-        list_regions, add_region, list_hosts, register_host, list_policies, put_policy,
-        list_vms, create_vm, list_items, protect, get_item, item_points, item_health, operate,
+        list_regions, add_region, list_hosts, register_host, host_report, list_policies,
+        put_policy, list_vms, create_vm, vm_power, list_items, protect, get_item, item_points, item_health, operate,
         list_jobs, get_job,
         list_events
     ),
     components(schemas(
         Region, RegisterHost, Host, Policy, CreateVm, Vm, ProtectRequest, OperationRequest,
-        Item, Step, Job, Event, ErrorBody, PointInfo, HealthInfo
+        Item, Step, Job, Event, ErrorBody, PointInfo, HealthInfo, HostReport, SourceStatus,
+        ReplicaStatus, RecoveredStatus, CopyState
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -158,6 +162,18 @@ async fn register_host(State(st): State<AppState>, b: Bytes) -> ApiResult<Host> 
     ))
 }
 
+#[utoipa::path(post, path = "/api/hosts/{name}/report", request_body = HostReport,
+    params(("name" = String, Path, description = "Host name")),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody)))]
+async fn host_report(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> ApiResult<serde_json::Value> {
+    st.vault.report(&name, &body("host report", &b)?)?;
+    Ok(Json(serde_json::json!({})))
+}
+
 #[utoipa::path(get, path = "/api/policies", responses((status = 200, body = [Policy])))]
 async fn list_policies(State(st): State<AppState>) -> ApiResult<Vec<Policy>> {
     Ok(Json(st.vault.policies()?))
@@ -184,6 +200,27 @@ async fn list_vms(State(st): State<AppState>) -> ApiResult<Vec<Vm>> {
     responses((status = 200, body = Vm), (status = 409, body = ErrorBody)))]
 async fn create_vm(State(st): State<AppState>, b: Bytes) -> ApiResult<Vm> {
     Ok(Json(st.vault.create_vm(&body("VM", &b)?)?))
+}
+
+#[utoipa::path(post, path = "/api/vms/{name}/{verb}",
+    params(("name" = String, Path, description = "VM name"),
+           ("verb" = String, Path, description = "start or stop")),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+async fn vm_power(
+    State(st): State<AppState>,
+    Path((name, verb)): Path<(String, String)>,
+) -> ApiResult<serde_json::Value> {
+    let running = match verb.as_str() {
+        "start" => true,
+        "stop" => false,
+        _ => {
+            return Err(VaultError::BadRequest(format!(
+                "unknown VM action {verb:?}: use start or stop"
+            )))
+        }
+    };
+    Ok(Json(st.vault.set_running(&name, running).await?))
 }
 
 #[utoipa::path(get, path = "/api/items", responses((status = 200, body = [Item])))]

@@ -68,6 +68,9 @@ const MIGRATIONS: &[&str] = &[
         job INTEGER,
         message TEXT NOT NULL
      );",
+    // 2: what the agents report: replication progress (RPO) and hydration.
+    "ALTER TABLE items ADD COLUMN replicated_as_of INTEGER;
+     ALTER TABLE items ADD COLUMN hydrated_percent INTEGER;",
 ];
 
 /// Milliseconds since 1970.

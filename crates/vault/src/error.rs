@@ -55,6 +55,17 @@ pub enum VaultError {
         /// Why.
         refused: Refused,
     },
+    /// No agent can act for a region now.
+    #[error("{0}")]
+    NoAgent(String),
+    /// An agent refused or failed a request (its message and causes follow).
+    #[error("agent {host}: {message}")]
+    Agent {
+        /// The host.
+        host: String,
+        /// What it said (with its cause chain).
+        message: String,
+    },
     /// The region store could not be read.
     #[error("region store of region {region}")]
     Store {
@@ -78,7 +89,7 @@ pub enum VaultError {
 }
 
 /// The JSON body of every error response.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// The error's message.
     pub error: String,
@@ -94,7 +105,8 @@ impl VaultError {
             VaultError::NotFound { .. } => StatusCode::NOT_FOUND,
             VaultError::Exists { .. } | VaultError::WrongState { .. } => StatusCode::CONFLICT,
             VaultError::Unauthorized => StatusCode::UNAUTHORIZED,
-            VaultError::Store { .. } => StatusCode::BAD_GATEWAY,
+            VaultError::Store { .. } | VaultError::Agent { .. } => StatusCode::BAD_GATEWAY,
+            VaultError::NoAgent(_) => StatusCode::SERVICE_UNAVAILABLE,
             VaultError::Db { .. } | VaultError::NewerSchema { .. } | VaultError::Corrupt { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }

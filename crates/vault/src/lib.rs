@@ -32,12 +32,16 @@
 //! every cause (`{"error": ..., "causes": [...]}`); malformed bodies are 400 with serde's
 //! reason; unknown objects 404; conflicts and wrong states 409; a missing or wrong token 401.
 
+pub mod agent_wire;
+pub mod agents;
 pub mod api;
 pub mod db;
 pub mod error;
+pub mod executor;
 pub mod model;
 pub mod service;
 
 pub use db::Db;
 pub use error::VaultError;
+pub use executor::{AgentClient, AgentExecutor};
 pub use service::{Executor, NoAgents, Vault};

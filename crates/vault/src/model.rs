@@ -107,6 +107,10 @@ pub struct OperationRequest {
     /// Failover: shut the source VM down first (best effort).
     #[serde(default)]
     pub shutdown_source: bool,
+    /// With `shutdown_source`: seconds the guest gets to power off after the ACPI power
+    /// button before QEMU is told to quit (default 30, at most 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_timeout_secs: Option<u64>,
     /// Cleanup test failover: the operator's notes.
     #[serde(default)]
     pub notes: Option<String>,
@@ -137,6 +141,13 @@ pub struct Item {
     pub epoch: u64,
     /// The running job, if any.
     pub job: Option<i64>,
+    /// Recovery point objective: how far behind the active region the replica is (ms), from
+    /// what the source agent reported; absent when not replicating or never reported.
+    #[serde(default)]
+    pub rpo_ms: Option<i64>,
+    /// Failed over: percent of the disks made local at the target (hydration).
+    #[serde(default)]
+    pub hydrated_percent: Option<u8>,
     /// Last change (ms since 1970).
     pub updated_at: i64,
 }

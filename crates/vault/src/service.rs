@@ -23,6 +23,21 @@ use crate::model::{
 pub trait Executor: Send + Sync + 'static {
     /// Runs job `job`; reports through [`Vault::set_step`] and ends with [`Vault::finish_job`].
     fn run(&self, vault: Vault, job: i64) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+    /// Starts or stops VM `vm` where it runs now; answers the agent's status of it.
+    fn set_running(
+        &self,
+        _vault: Vault,
+        vm: String,
+        _running: bool,
+    ) -> Pin<Box<dyn Future<Output = Result<serde_json::Value, VaultError>> + Send>> {
+        Box::pin(async move {
+            Err(VaultError::NoAgent(format!(
+                "no agent can start or stop VM {vm}: start the regions' agents \
+                 (`lifeboat up` or `lifeboat agent`) and retry"
+            )))
+        })
+    }
 }
 
 /// The executor of a vault with no agent able to act yet: every job fails at its first step,
@@ -45,7 +60,7 @@ impl Executor for NoAgents {
 /// The vault's state and operations (cheap to clone).
 #[derive(Clone)]
 pub struct Vault {
-    db: Db,
+    pub(crate) db: Db,
     executor: Arc<dyn Executor>,
 }
 
@@ -120,6 +135,13 @@ fn check_request(op: Operation, req: &OperationRequest) -> Result<(), VaultError
             "shutdown_source does not apply to {op}: only to failover"
         )));
     }
+    if let Some(t) = req.shutdown_timeout_secs {
+        if !req.shutdown_source || !(1..=600).contains(&t) {
+            return Err(VaultError::BadRequest(format!(
+                "shutdown_timeout_secs {t}: give 1 to 600 seconds, with shutdown_source"
+            )));
+        }
+    }
     if req.notes.is_some() && op != Operation::CleanupTestFailover {
         return Err(VaultError::BadRequest(format!(
             "notes do not apply to {op}: only to cleanup-test-failover"
@@ -128,7 +150,7 @@ fn check_request(op: Operation, req: &OperationRequest) -> Result<(), VaultError
     Ok(())
 }
 
-fn item_of(row: &Row<'_>) -> rusqlite::Result<(Item, String)> {
+fn item_of(row: &Row<'_>) -> rusqlite::Result<(Item, String, Option<i64>)> {
     let state: String = row.get(1)?;
     Ok((
         Item {
@@ -144,16 +166,26 @@ fn item_of(row: &Row<'_>) -> rusqlite::Result<(Item, String)> {
             epoch: row.get::<_, i64>(7)?.max(0) as u64,
             job: row.get(8)?,
             updated_at: row.get(9)?,
+            rpo_ms: None,
+            hydrated_percent: row
+                .get::<_, Option<i64>>(11)?
+                .map(|p| p.clamp(0, 100) as u8),
         },
         state,
+        row.get::<_, Option<i64>>(10)?,
     ))
 }
 
-fn complete_item((mut item, state): (Item, String)) -> Result<Item, VaultError> {
+fn complete_item(
+    (mut item, state, replicated_as_of): (Item, String, Option<i64>),
+) -> Result<Item, VaultError> {
     let s: ItemState = state.parse().map_err(|_| VaultError::Corrupt {
         what: "item state",
         value: state.clone(),
     })?;
+    if replicates(s) {
+        item.rpo_ms = replicated_as_of.map(|t| (now_ms() - t).max(0));
+    }
     item.state_label = s.label().to_string();
     item.allowed_operations = allowed_operations(s)
         .iter()
@@ -163,7 +195,7 @@ fn complete_item((mut item, state): (Item, String)) -> Result<Item, VaultError> 
 }
 
 /// Runs query `q` and collects its rows with `f`.
-fn query_rows<T, P: rusqlite::Params>(
+pub(crate) fn query_rows<T, P: rusqlite::Params>(
     tx: &Transaction<'_>,
     what: &'static str,
     q: &str,
@@ -179,9 +211,9 @@ fn query_rows<T, P: rusqlite::Params>(
     rows
 }
 
-const HOST_COLS: &str = "name, region, url, registered_at, last_seen";
+pub(crate) const HOST_COLS: &str = "name, region, url, registered_at, last_seen";
 
-fn host_of(r: &Row<'_>) -> rusqlite::Result<Host> {
+pub(crate) fn host_of(r: &Row<'_>) -> rusqlite::Result<Host> {
     Ok(Host {
         name: r.get(0)?,
         region: r.get(1)?,
@@ -192,7 +224,21 @@ fn host_of(r: &Row<'_>) -> rusqlite::Result<Host> {
 }
 
 const ITEM_COLS: &str = "vm, state, policy, source_region, target_region, active_region, \
-                         percent_synced, epoch, job, updated_at";
+                         percent_synced, epoch, job, updated_at, replicated_as_of, \
+                         hydrated_percent";
+
+/// Whether an item in state `s` replicates (so has an RPO).
+pub(crate) fn replicates(s: ItemState) -> bool {
+    matches!(
+        s,
+        ItemState::EnablingProtection
+            | ItemState::Protected
+            | ItemState::FailoverInProgress
+            | ItemState::TestFailoverInProgress
+            | ItemState::TestFailedOver
+            | ItemState::CleanupTestFailoverInProgress
+    )
+}
 const JOB_COLS: &str =
     "id, operation, vm, status, progress, steps, params, error, created_at, finished_at";
 
@@ -227,7 +273,7 @@ fn complete_job((mut job, steps, params): (Job, String, String)) -> Result<Job, 
     Ok(job)
 }
 
-fn event(
+pub(crate) fn event(
     tx: &Transaction<'_>,
     level: &str,
     vm: Option<&str>,
@@ -286,6 +332,17 @@ impl Vault {
             )?;
         }
         Ok(())
+    }
+
+    /// Starts or stops a VM where it runs now (through its agent).
+    pub async fn set_running(
+        &self,
+        vm: &str,
+        running: bool,
+    ) -> Result<serde_json::Value, VaultError> {
+        self.executor
+            .set_running(self.clone(), vm.to_string(), running)
+            .await
     }
 
     // ---- regions, hosts, policies, VMs ----
@@ -739,6 +796,15 @@ impl Vault {
                     value: from.clone(),
                 })?;
                 let next = finish(from, op, outcome);
+                if op == Operation::Failover && outcome == Outcome::Succeeded {
+                    // The VM runs in the target region now.
+                    tx.execute(
+                        "UPDATE items SET active_region = target_region, replicated_as_of = NULL
+                         WHERE vm = ?1",
+                        params![vm],
+                    )
+                    .map_err(sql("updating an item"))?;
+                }
                 tx.execute(
                     "UPDATE items SET state = ?1, job = NULL, updated_at = ?2 WHERE vm = ?3",
                     params![next.as_str(), now, vm],
@@ -805,10 +871,19 @@ impl Vault {
             what: "item state",
             value: item.state.clone(),
         })?;
-        if state == ItemState::NotProtected {
+        if !replicates(state) {
+            let why = if state == ItemState::NotProtected {
+                "not protected".to_string()
+            } else {
+                format!(
+                    "not replicating: {} (the VM runs in region {})",
+                    state.label(),
+                    item.active_region
+                )
+            };
             return Ok(HealthInfo {
                 health: "none".into(),
-                reasons: vec!["not protected".into()],
+                reasons: vec![why],
                 latest_crash_consistent: None,
                 latest_app_consistent: None,
             });
@@ -827,7 +902,9 @@ impl Vault {
             synchronized: records.iter().any(|p| p.is_restorable()),
             newest_crash: crash.map(|p| p.time()),
             newest_app: app.map(|p| p.time()),
-            rpo: None,
+            rpo: item
+                .rpo_ms
+                .map(|ms| std::time::Duration::from_millis(ms.max(0) as u64)),
         };
         let (h, reasons) = health(&inputs, &policy, &HealthThresholds::default());
         Ok(HealthInfo {
@@ -883,7 +960,7 @@ impl Vault {
     }
 }
 
-fn read_item(tx: &Transaction<'_>, vm: &str) -> Result<Item, VaultError> {
+pub(crate) fn read_item(tx: &Transaction<'_>, vm: &str) -> Result<Item, VaultError> {
     let row = tx
         .query_row(
             &format!("SELECT {ITEM_COLS} FROM items WHERE vm = ?1"),
@@ -899,7 +976,7 @@ fn read_item(tx: &Transaction<'_>, vm: &str) -> Result<Item, VaultError> {
     complete_item(row)
 }
 
-fn read_job(tx: &Transaction<'_>, id: i64) -> Result<Job, VaultError> {
+pub(crate) fn read_job(tx: &Transaction<'_>, id: i64) -> Result<Job, VaultError> {
     let row = tx
         .query_row(
             &format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"),

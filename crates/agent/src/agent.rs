@@ -1,0 +1,593 @@
+//! [`Agent`]: one per hypervisor host. Serves the agent API (see
+//! `lifeboat_vault::agent_wire`), registers with the vault and reports every
+//! [`HEARTBEAT`], persists every desired state and restores it on start.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use lifeboat_qemu::Accel;
+use lifeboat_types::{Epoch, VmId};
+use lifeboat_vault::agent_wire::{
+    HostReport, Protection, RecoverSpec, RecoveredStatus, ReplicaSpec, ReplicaStatus,
+    ShutdownAnswer, ShutdownRequest, SourceSpec, SourceStatus,
+};
+use lifeboat_vault::error::ErrorBody;
+use lifeboat_vault::model::RegisterHost;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::recovered::{RecoveredState, RecoveredVm};
+use crate::replica::Replica;
+use crate::source::SourceVm;
+use crate::state::{file, read_all, write_json};
+use crate::vm;
+
+/// How often the agent registers and reports to the vault.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// How an agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The host's name (unique in the vault).
+    pub name: String,
+    /// Its region.
+    pub region: String,
+    /// Its data directory (VM journals, recovered disks, state).
+    pub data: PathBuf,
+    /// The vault's URL.
+    pub vault: String,
+    /// The API token (the vault's; agents accept the same one).
+    pub token: String,
+    /// Where the agent API listens (loopback; port 0 picks one).
+    pub listen: SocketAddr,
+    /// KVM, TCG or whichever works.
+    pub accel: Accel,
+}
+
+/// What is persisted of a source VM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SourceState {
+    definition: serde_json::Value,
+    running: bool,
+    protect: Option<Protection>,
+}
+
+struct SourceEntry {
+    vm: Arc<SourceVm>,
+    state: Mutex<SourceState>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An agent (see the module doc).
+pub struct Agent {
+    cfg: AgentConfig,
+    /// Changes are made one at a time; status reads never wait for them.
+    ops: tokio::sync::Mutex<()>,
+    sources: Mutex<HashMap<String, Arc<SourceEntry>>>,
+    replicas: Mutex<HashMap<String, Arc<Replica>>>,
+    recovered: Mutex<HashMap<String, Arc<RecoveredVm>>>,
+}
+
+/// An API error: a status and the whole cause chain.
+struct ApiErr(StatusCode, anyhow::Error);
+
+impl IntoResponse for ApiErr {
+    fn into_response(self) -> Response {
+        let causes: Vec<String> = self.1.chain().map(|c| c.to_string()).collect();
+        if self.0.is_server_error() {
+            tracing::error!(error = %causes.join(": "), "agent request failed");
+        }
+        let body = ErrorBody {
+            error: self.1.to_string(),
+            causes,
+        };
+        (self.0, Json(body)).into_response()
+    }
+}
+
+fn bad(e: anyhow::Error) -> ApiErr {
+    ApiErr(StatusCode::BAD_REQUEST, e)
+}
+
+fn failed(e: anyhow::Error) -> ApiErr {
+    ApiErr(StatusCode::INTERNAL_SERVER_ERROR, e)
+}
+
+fn not_found(what: &str, vm: &str) -> ApiErr {
+    ApiErr(
+        StatusCode::NOT_FOUND,
+        anyhow!("this host has no {what} VM {vm}"),
+    )
+}
+
+type ApiResult<T> = Result<Json<T>, ApiErr>;
+
+/// The entry of `vm` in `map`, or 404 naming the role.
+fn find<T: Clone>(map: &Mutex<HashMap<String, T>>, role: &str, vm: &str) -> Result<T, ApiErr> {
+    lock(map)
+        .get(vm)
+        .cloned()
+        .ok_or_else(|| not_found(role, vm))
+}
+
+fn body<T: DeserializeOwned>(what: &str, b: &Bytes) -> Result<T, ApiErr> {
+    serde_json::from_slice(b).map_err(|e| bad(anyhow!("bad {what} body: {e}")))
+}
+
+fn vm_id(vm: &str) -> Result<VmId, ApiErr> {
+    VmId::new(vm).map_err(|e| bad(anyhow!("VM name {vm:?}: {e}")))
+}
+
+impl Agent {
+    /// Runs an agent until `stop` turns true: restores its VMs, serves its API, registers and
+    /// reports; at the end stops every VM cleanly (journals durable, last segments shipped).
+    pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> Result<()> {
+        std::fs::create_dir_all(&cfg.data).with_context(|| {
+            format!("creating the agent's data directory {}", cfg.data.display())
+        })?;
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("agent {}: listening on {}", cfg.name, cfg.listen))?;
+        let addr = listener.local_addr().context("the agent's address")?;
+        let url = format!("http://{addr}");
+        let agent = Arc::new(Agent {
+            cfg,
+            ops: tokio::sync::Mutex::new(()),
+            sources: Mutex::new(HashMap::new()),
+            replicas: Mutex::new(HashMap::new()),
+            recovered: Mutex::new(HashMap::new()),
+        });
+        agent.restore().await?;
+        tracing::info!(host = %agent.cfg.name, region = %agent.cfg.region, %url, "agent ready");
+        let hb = tokio::spawn(heartbeat(agent.clone(), url));
+        let app = router(agent.clone());
+        let mut s2 = stop.clone();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = s2.wait_for(|v| *v).await;
+            })
+            .await
+            .context("serving the agent API")?;
+        let _ = stop.wait_for(|v| *v).await;
+        hb.abort();
+        agent.close_all().await;
+        Ok(())
+    }
+
+    async fn restore(&self) -> Result<()> {
+        let d = &self.cfg.data;
+        for (vm, st) in read_all::<SourceState>(&d.join("state/sources"))? {
+            if let Err(e) = self.restore_source(&vm, st).await {
+                tracing::error!(vm, error = format!("{e:#}"), "cannot restore source VM");
+            }
+        }
+        for (vm, spec) in read_all::<ReplicaSpec>(&d.join("state/replicas"))? {
+            match Replica::start(vm_id(&vm).map_err(|e| e.1)?, spec).await {
+                Ok(r) => {
+                    lock(&self.replicas).insert(vm, r);
+                }
+                Err(e) => tracing::error!(vm, error = format!("{e:#}"), "cannot restore replica"),
+            }
+        }
+        for (vm, st) in read_all::<RecoveredState>(&d.join("state/recovered"))? {
+            let id = vm_id(&vm).map_err(|e| e.1)?;
+            let running = st.running;
+            let r =
+                RecoveredVm::reopen(id, &self.recovered_dir(&vm), &file(d, "recovered", &vm), st)
+                    .await;
+            match r {
+                Ok(r) => {
+                    if running {
+                        if let Err(e) = r.start(self.cfg.accel).await {
+                            tracing::error!(
+                                vm,
+                                error = format!("{e:#}"),
+                                "cannot restart recovered VM"
+                            );
+                        }
+                    }
+                    lock(&self.recovered).insert(vm, r);
+                }
+                Err(e) => {
+                    tracing::error!(vm, error = format!("{e:#}"), "cannot restore recovered VM")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn restore_source(&self, vm: &str, st: SourceState) -> Result<()> {
+        let spec = SourceSpec {
+            definition: st.definition,
+            running: Some(st.running),
+            protect: st.protect,
+        };
+        self.put_source(vm, spec).await.map(|_| ())
+    }
+
+    fn recovered_dir(&self, vm: &str) -> PathBuf {
+        self.cfg.data.join("recovered").join(vm)
+    }
+
+    async fn put_source(&self, vm: &str, spec: SourceSpec) -> Result<SourceStatus> {
+        let id = VmId::new(vm).map_err(|e| anyhow!("VM name {vm:?}: {e}"))?;
+        let def = vm::parse_definition(vm, &spec.definition)?;
+        let existing = lock(&self.sources).get(vm).cloned();
+        let entry = match existing {
+            Some(e) => e,
+            None => {
+                let epoch = Epoch(spec.protect.as_ref().map_or(1, |p| p.epoch));
+                let dir = vm::vm_dir(&self.cfg.data, vm);
+                let s = SourceVm::open(id, &dir, &def, epoch).await?;
+                let e = Arc::new(SourceEntry {
+                    vm: s,
+                    state: Mutex::new(SourceState {
+                        definition: spec.definition.clone(),
+                        running: false,
+                        protect: None,
+                    }),
+                });
+                lock(&self.sources).insert(vm.to_string(), e.clone());
+                e
+            }
+        };
+        let running = spec.running.unwrap_or(lock(&entry.state).running);
+        let st = SourceState {
+            definition: spec.definition.clone(),
+            running,
+            protect: spec.protect.clone(),
+        };
+        write_json(&file(&self.cfg.data, "sources", vm), &st)?;
+        *lock(&entry.state) = st;
+        entry.vm.set_protection(spec.protect).await?;
+        let dir = vm::vm_dir(&self.cfg.data, vm);
+        if running {
+            let qdef = vm::qemu_definition(vm, &def, &entry.vm.socket(), &dir.join("serial.log"));
+            vm::start(&entry.vm.qemu, &qdef, &dir, self.cfg.accel).await?;
+        } else {
+            vm::stop(&entry.vm.qemu, Duration::from_secs(30)).await?;
+        }
+        Ok(self.source_status(vm, &entry).await)
+    }
+
+    async fn source_status(&self, vm: &str, e: &SourceEntry) -> SourceStatus {
+        let serial = vm::vm_dir(&self.cfg.data, vm).join("serial.log");
+        let running = vm::running(&e.vm.qemu).await;
+        e.vm.status(running, &serial).await
+    }
+
+    /// Everything this agent runs.
+    pub async fn report(&self) -> HostReport {
+        let sources: Vec<_> = lock(&self.sources)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut r = HostReport::default();
+        for (vm, e) in sources {
+            r.sources.push(self.source_status(&vm, &e).await);
+        }
+        r.replicas = lock(&self.replicas).values().map(|x| x.status()).collect();
+        let recovered: Vec<_> = lock(&self.recovered).values().cloned().collect();
+        for x in recovered {
+            r.recovered.push(x.status().await);
+        }
+        r
+    }
+
+    async fn close_all(&self) {
+        let sources: Vec<_> = lock(&self.sources).drain().collect();
+        for (_, e) in sources {
+            e.vm.close().await;
+        }
+        let replicas: Vec<_> = lock(&self.replicas).drain().collect();
+        for (_, r) in replicas {
+            r.stop().await;
+        }
+        let recovered: Vec<_> = lock(&self.recovered).drain().collect();
+        for (vm, r) in recovered {
+            if let Err(e) = r.close(false).await {
+                tracing::warn!(vm, error = format!("{e:#}"), "closing a recovered VM");
+            }
+        }
+        tracing::info!(host = %self.cfg.name, "agent stopped cleanly");
+    }
+}
+
+async fn heartbeat(agent: Arc<Agent>, url: String) {
+    let http = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the HTTP client: no heartbeat");
+            return;
+        }
+    };
+    let vault = agent.cfg.vault.trim_end_matches('/').to_string();
+    let reg = RegisterHost {
+        name: agent.cfg.name.clone(),
+        region: agent.cfg.region.clone(),
+        url,
+    };
+    let mut warned = false;
+    loop {
+        let r = async {
+            let token = &agent.cfg.token;
+            post_to_vault(
+                &http,
+                &format!("{vault}/api/hosts"),
+                token,
+                &reg,
+                "registering",
+            )
+            .await?;
+            let report = agent.report().await;
+            let url = format!("{vault}/api/hosts/{}/report", agent.cfg.name);
+            post_to_vault(&http, &url, token, &report, "reporting").await
+        }
+        .await;
+        match r {
+            Ok(()) => warned = false,
+            Err(e) if !warned => {
+                tracing::warn!(vault = %vault, error = format!("{e:#}"), "cannot reach the vault; retrying");
+                warned = true;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(HEARTBEAT).await;
+    }
+}
+
+/// POSTs `body` to the vault; a refusal is an error with the vault's answer.
+async fn post_to_vault<T: Serialize>(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: &T,
+    what: &str,
+) -> Result<()> {
+    let resp = http
+        .post(url)
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .with_context(|| what.to_string())?;
+    if !resp.status().is_success() {
+        return Err(anyhow!(
+            "{what}: {}: {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        ));
+    }
+    Ok(())
+}
+
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(a): State<Arc<Agent>>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| same(t.trim().as_bytes(), a.cfg.token.as_bytes()));
+    if ok {
+        next.run(req).await
+    } else {
+        ApiErr(
+            StatusCode::UNAUTHORIZED,
+            anyhow!("missing or wrong bearer token: use the vault's API token"),
+        )
+        .into_response()
+    }
+}
+
+fn router(a: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/agent/v1/status", get(status))
+        .route("/agent/v1/sources/{vm}", get(get_source).put(put_source))
+        .route("/agent/v1/sources/{vm}/shutdown", post(shutdown_source))
+        .route(
+            "/agent/v1/replicas/{vm}",
+            get(get_replica).put(put_replica).delete(delete_replica),
+        )
+        .route("/agent/v1/replicas/{vm}/process", post(process_replica))
+        .route(
+            "/agent/v1/recovered/{vm}",
+            get(get_recovered)
+                .put(put_recovered)
+                .delete(delete_recovered),
+        )
+        .route("/agent/v1/recovered/{vm}/{verb}", post(recovered_verb))
+        .layer(middleware::from_fn_with_state(a.clone(), auth))
+        .with_state(a)
+}
+
+async fn status(State(a): State<Arc<Agent>>) -> Json<HostReport> {
+    Json(a.report().await)
+}
+
+async fn get_source(
+    State(a): State<Arc<Agent>>,
+    Path(vm): Path<String>,
+) -> ApiResult<SourceStatus> {
+    let e = find(&a.sources, "source", &vm)?;
+    Ok(Json(a.source_status(&vm, &e).await))
+}
+
+async fn put_source(
+    State(a): State<Arc<Agent>>,
+    Path(vm): Path<String>,
+    b: Bytes,
+) -> ApiResult<SourceStatus> {
+    vm_id(&vm)?;
+    let spec: SourceSpec = body("source VM", &b)?;
+    vm::parse_definition(&vm, &spec.definition).map_err(bad)?;
+    let _one = a.ops.lock().await;
+    Ok(Json(a.put_source(&vm, spec).await.map_err(failed)?))
+}
+
+async fn shutdown_source(
+    State(a): State<Arc<Agent>>,
+    Path(vm): Path<String>,
+    b: Bytes,
+) -> ApiResult<ShutdownAnswer> {
+    let req: ShutdownRequest = if b.iter().all(u8::is_ascii_whitespace) {
+        ShutdownRequest { timeout_secs: 30 }
+    } else {
+        body("shutdown", &b)?
+    };
+    let _one = a.ops.lock().await;
+    let e = find(&a.sources, "source", &vm)?;
+    let ans =
+        e.vm.shutdown(Duration::from_secs(req.timeout_secs.clamp(1, 600)))
+            .await
+            .map_err(failed)?;
+    let st = {
+        let mut s = lock(&e.state);
+        s.running = false;
+        s.clone()
+    };
+    write_json(&file(&a.cfg.data, "sources", &vm), &st).map_err(failed)?;
+    Ok(Json(ans))
+}
+
+async fn get_replica(
+    State(a): State<Arc<Agent>>,
+    Path(vm): Path<String>,
+) -> ApiResult<ReplicaStatus> {
+    let r = find(&a.replicas, "replica", &vm)?;
+    Ok(Json(r.status()))
+}
+
+async fn put_replica(
+    State(a): State<Arc<Agent>>,
+    Path(vm): Path<String>,
+    b: Bytes,
+) -> ApiResult<ReplicaStatus> {
+    let id = vm_id(&vm)?;
+    let spec: ReplicaSpec = body("replica", &b)?;
+    let _one = a.ops.lock().await;
+    let existing = lock(&a.replicas).get(&vm).cloned();
+    if let Some(r) = existing {
+        if r.spec == spec {
+            return Ok(Json(r.status()));
+        }
+        r.stop().await;
+    }
+    write_json(&file(&a.cfg.data, "replicas", &vm), &spec).map_err(failed)?;
+    let r = Replica::start(id, spec).await.map_err(failed)?;
+    lock(&a.replicas).insert(vm, r.clone());
+    Ok(Json(r.status()))
+}
+
+async fn process_replica(
+    State(a): State<Arc<Agent>>,
+    Path(vm): Path<String>,
+) -> ApiResult<ReplicaStatus> {
+    let r = find(&a.replicas, "replica", &vm)?;
+    Ok(Json(r.process().await.map_err(failed)?))
+}
+
+async fn delete_replica(
+    State(a): State<Arc<Agent>>,
+    Path(vm): Path<String>,
+) -> ApiResult<serde_json::Value> {
+    let _one = a.ops.lock().await;
+    let r = lock(&a.replicas).remove(&vm);
+    if let Some(r) = r {
+        r.stop().await;
+    }
+    match std::fs::remove_file(file(&a.cfg.data, "replicas", &vm)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(failed(anyhow!("removing the replica's state: {e}"))),
+    }
+    Ok(Json(serde_json::json!({})))
+}
+
+async fn get_recovered(
+    State(a): State<Arc<Agent>>,
+    Path(vm): Path<String>,
+) -> ApiResult<RecoveredStatus> {
+    let r = find(&a.recovered, "recovered", &vm)?;
+    Ok(Json(r.status().await))
+}
+
+async fn put_recovered(
+    State(a): State<Arc<Agent>>,
+    Path(vm): Path<String>,
+    b: Bytes,
+) -> ApiResult<RecoveredStatus> {
+    let id = vm_id(&vm)?;
+    let spec: RecoverSpec = body("recover", &b)?;
+    vm::parse_definition(&vm, &spec.definition).map_err(bad)?;
+    let _one = a.ops.lock().await;
+    // A retried request (the vault restarted) or a new point: the previous recovery goes.
+    let old = lock(&a.recovered).remove(&vm);
+    if let Some(old) = old {
+        old.close(true).await.map_err(failed)?;
+    }
+    let r = RecoveredVm::create(
+        id,
+        &a.recovered_dir(&vm),
+        &file(&a.cfg.data, "recovered", &vm),
+        spec,
+    )
+    .await
+    .map_err(failed)?;
+    lock(&a.recovered).insert(vm, r.clone());
+    Ok(Json(r.status().await))
+}
+
+async fn delete_recovered(
+    State(a): State<Arc<Agent>>,
+    Path(vm): Path<String>,
+) -> ApiResult<serde_json::Value> {
+    let _one = a.ops.lock().await;
+    let r = lock(&a.recovered).remove(&vm);
+    if let Some(r) = r {
+        r.close(true).await.map_err(failed)?;
+    }
+    Ok(Json(serde_json::json!({})))
+}
+
+async fn recovered_verb(
+    State(a): State<Arc<Agent>>,
+    Path((vm, verb)): Path<(String, String)>,
+) -> ApiResult<RecoveredStatus> {
+    let _one = a.ops.lock().await;
+    let r = find(&a.recovered, "recovered", &vm)?;
+    match verb.as_str() {
+        "start" => r.start(a.cfg.accel).await.map_err(failed)?,
+        "stop" => {
+            r.stop().await.map_err(failed)?;
+        }
+        "commit" => r.request_commit().map_err(failed)?,
+        _ => {
+            return Err(bad(anyhow!(
+                "unknown action {verb:?} on recovered VM {vm}: use start, stop or commit"
+            )))
+        }
+    }
+    Ok(Json(r.status().await))
+}

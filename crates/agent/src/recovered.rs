@@ -1,0 +1,316 @@
+//! A recovered VM (failover, change recovery point): every disk a
+//! [`lifeboat_recover::RecoveryDisk`] — the chosen point served over NBD straight from the
+//! store, guest writes journaled into the VM's new journal and kept in a local target image,
+//! the rest hydrated in the background — and QEMU attached to them, so the VM boots without
+//! waiting for a copy.
+//!
+//! Its state file (`<agent data>/state/recovered/<vm>.json`) records the point's journal
+//! position: an agent restarted after kill -9 reopens the disks from their state files and
+//! the store ([`lifeboat_recover::Source::Store`]) and goes on hydrating. **Commit** waits for
+//! every disk to be local, then marks the recovery final: from then on the store is never
+//! read again ([`lifeboat_recover::Source::Unavailable`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use lifeboat_journal::{Journal, JournalConfig};
+use lifeboat_qemu::{Accel, VmDefinition};
+use lifeboat_recover::{
+    HydrateConfig, Hydration, PointSource, RecoveryDisk, RecoveryOptions, Source,
+};
+use lifeboat_store::Store;
+use lifeboat_types::{DiskId, Epoch, Seq, VmId};
+use lifeboat_vault::agent_wire::{RecoverSpec, RecoveredStatus};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::state::write_json;
+use crate::vm::{self, QemuSlot};
+
+/// What is persisted of a recovered VM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecoveredState {
+    /// What was asked.
+    pub spec: RecoverSpec,
+    /// The point (id, or the time asked for).
+    pub point: String,
+    /// Its journal position.
+    pub point_seq: u64,
+    /// Its time (ms since 1970).
+    pub point_time: i64,
+    /// QEMU should run.
+    pub running: bool,
+    /// Commit was asked for.
+    pub commit_requested: bool,
+    /// Every disk is local and the recovery is final.
+    pub committed: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A recovered VM on this host (see the module doc).
+pub struct RecoveredVm {
+    vm: VmId,
+    dir: PathBuf,
+    state_file: PathBuf,
+    state: Mutex<RecoveredState>,
+    def: VmDefinition,
+    disks: Vec<Arc<RecoveryDisk>>,
+    hydrations: Mutex<Vec<Hydration>>,
+    stop_tx: watch::Sender<bool>,
+    server: Mutex<Option<JoinHandle<()>>>,
+    /// QEMU, when it runs.
+    pub qemu: QemuSlot,
+}
+
+impl RecoveredVm {
+    /// A new recovery of `vm` into `dir` (emptied first) from the point `spec` chooses.
+    pub async fn create(
+        vm: VmId,
+        dir: &Path,
+        state_file: &Path,
+        spec: RecoverSpec,
+    ) -> Result<Arc<RecoveredVm>> {
+        let def = vm::parse_definition(vm.as_str(), &spec.definition)?;
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)
+                .with_context(|| format!("removing the previous recovery {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let store = Store::open(&spec.store_url)
+            .with_context(|| format!("opening region store {}", spec.store_url))?;
+        let (pit, label) = crate::pick::resolve(&store, &vm, &spec.recovery_point).await?;
+        let journal = open_journal(&vm, dir, Epoch(spec.epoch))?;
+        let mut disks = Vec::new();
+        for i in 0..def.disks.len() {
+            let disk = DiskId(i as u32);
+            let src = PointSource::open(&store, &pit, disk)
+                .await
+                .with_context(|| format!("disk {i} of recovery point {label} of VM {vm}"))?;
+            let opts = RecoveryOptions {
+                image: dir.join(format!("disk{i}.img")),
+                disk,
+                journal: journal.clone(),
+            };
+            disks.push(open_disk(opts, Source::Opened(Box::new(src))).await?);
+        }
+        let state = RecoveredState {
+            spec,
+            point: label,
+            point_seq: pit.seq.0,
+            point_time: pit
+                .time
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0),
+            running: false,
+            commit_requested: false,
+            committed: false,
+        };
+        write_json(state_file, &state)?;
+        Self::serve(vm, dir, state_file, state, def, disks)
+    }
+
+    /// Reopens a recovery after a restart of the agent.
+    pub async fn reopen(
+        vm: VmId,
+        dir: &Path,
+        state_file: &Path,
+        state: RecoveredState,
+    ) -> Result<Arc<RecoveredVm>> {
+        let def = vm::parse_definition(vm.as_str(), &state.spec.definition)?;
+        let journal = open_journal(&vm, dir, Epoch(state.spec.epoch))?;
+        let mut disks = Vec::new();
+        for i in 0..def.disks.len() {
+            let source = if state.committed {
+                Source::Unavailable
+            } else {
+                Source::Store {
+                    store: Store::open(&state.spec.store_url).with_context(|| {
+                        format!("opening region store {}", state.spec.store_url)
+                    })?,
+                    vm: vm.clone(),
+                    seq: Seq(state.point_seq),
+                }
+            };
+            let opts = RecoveryOptions {
+                image: dir.join(format!("disk{i}.img")),
+                disk: DiskId(i as u32),
+                journal: journal.clone(),
+            };
+            disks.push(open_disk(opts, source).await?);
+        }
+        Self::serve(vm, dir, state_file, state, def, disks)
+    }
+
+    fn serve(
+        vm: VmId,
+        dir: &Path,
+        state_file: &Path,
+        state: RecoveredState,
+        def: VmDefinition,
+        disks: Vec<Arc<RecoveryDisk>>,
+    ) -> Result<Arc<RecoveredVm>> {
+        let devices = disks
+            .iter()
+            .map(|d| d.clone() as Arc<dyn lifeboat_nbd::BlockDevice>)
+            .collect();
+        let (stop_tx, task) = vm::serve_disks(&format!("recovered VM {vm}"), dir, devices)?;
+        let mut hydrations = Vec::new();
+        for d in &disks {
+            if !d.is_hydrated() {
+                hydrations.push(
+                    d.spawn_hydration(HydrateConfig::default())
+                        .context("starting hydration")?,
+                );
+            }
+        }
+        tracing::info!(vm = %vm, point = %state.point, "recovered VM's disks hydrate");
+        Ok(Arc::new(RecoveredVm {
+            vm,
+            dir: dir.to_path_buf(),
+            state_file: state_file.to_path_buf(),
+            state: Mutex::new(state),
+            def,
+            disks,
+            hydrations: Mutex::new(hydrations),
+            stop_tx,
+            server: Mutex::new(Some(task)),
+            qemu: QemuSlot::default(),
+        }))
+    }
+
+    /// The serial console log.
+    pub fn serial_log(&self) -> PathBuf {
+        self.dir.join("serial.log")
+    }
+
+    /// Whether QEMU should run (persisted).
+    pub fn wants_running(&self) -> bool {
+        lock(&self.state).running
+    }
+
+    fn update(&self, f: impl FnOnce(&mut RecoveredState)) -> Result<()> {
+        let mut s = lock(&self.state);
+        let mut next = s.clone();
+        f(&mut next);
+        write_json(&self.state_file, &next)?;
+        *s = next;
+        Ok(())
+    }
+
+    /// Starts QEMU on the recovered disks.
+    pub async fn start(&self, accel: Accel) -> Result<()> {
+        self.update(|s| s.running = true)?;
+        let def = vm::qemu_definition(
+            self.vm.as_str(),
+            &self.def,
+            &self.dir.join("nbd.sock"),
+            &self.serial_log(),
+        );
+        vm::start(&self.qemu, &def, &self.dir, accel).await
+    }
+
+    /// Stops QEMU.
+    pub async fn stop(&self) -> Result<String> {
+        self.update(|s| s.running = false)?;
+        vm::stop(&self.qemu, Duration::from_secs(30)).await
+    }
+
+    /// Asks for commit: the recovery becomes final once every disk is local.
+    pub fn request_commit(&self) -> Result<()> {
+        self.update(|s| s.commit_requested = true)
+    }
+
+    /// Status (and commit, once asked for and every disk is local).
+    pub async fn status(&self) -> RecoveredStatus {
+        let (mut local, mut total) = (0u64, 0u64);
+        let mut error = None;
+        for d in &self.disks {
+            let p = d.progress();
+            local += p.bytes_local;
+            total += p.bytes_total;
+            if p.error.is_some() {
+                error = p.error;
+            }
+        }
+        let hydrated = self.disks.iter().all(|d| d.is_hydrated());
+        let s = lock(&self.state).clone();
+        if s.commit_requested && hydrated && !s.committed {
+            match self.update(|s| s.committed = true) {
+                Ok(()) => tracing::info!(vm = %self.vm, "failover committed: the disks are final"),
+                Err(e) => error = Some(format!("{e:#}")),
+            }
+        }
+        let s = lock(&self.state).clone();
+        RecoveredStatus {
+            vm: self.vm.to_string(),
+            point: s.point,
+            point_seq: s.point_seq,
+            point_time: s.point_time,
+            point_time_utc: lifeboat_process::format_utc_ms(
+                UNIX_EPOCH + Duration::from_millis(s.point_time.max(0) as u64),
+            ),
+            running: vm::running(&self.qemu).await,
+            serial_log: self.serial_log().display().to_string(),
+            hydrated_percent: if total == 0 {
+                100.0
+            } else {
+                local as f64 * 100.0 / total as f64
+            },
+            hydrated,
+            committed: s.committed,
+            error,
+        }
+    }
+
+    /// Stops everything (QEMU first); `discard` also deletes the disks and the state file.
+    pub async fn close(&self, discard: bool) -> Result<()> {
+        if discard {
+            vm::kill(&self.qemu).await;
+        } else {
+            let _ = vm::stop(&self.qemu, Duration::from_secs(10)).await;
+        }
+        let hs: Vec<Hydration> = lock(&self.hydrations).drain(..).collect();
+        tokio::task::spawn_blocking(move || drop(hs))
+            .await
+            .context("stopping hydration")?;
+        let _ = self.stop_tx.send(true);
+        let task = lock(&self.server).take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+        for d in &self.disks {
+            let d = d.clone();
+            let _ = tokio::task::spawn_blocking(move || d.checkpoint()).await;
+        }
+        if discard {
+            let _ = std::fs::remove_file(&self.state_file);
+            std::fs::remove_dir_all(&self.dir)
+                .with_context(|| format!("removing {}", self.dir.display()))?;
+        }
+        Ok(())
+    }
+}
+
+fn open_journal(vm: &VmId, dir: &Path, epoch: Epoch) -> Result<Arc<Journal>> {
+    let jd = dir.join("journal");
+    Ok(Arc::new(
+        Journal::open(&jd, JournalConfig::new(vm.clone(), epoch))
+            .with_context(|| format!("opening the journal of recovered VM {vm}"))?,
+    ))
+}
+
+async fn open_disk(opts: RecoveryOptions, source: Source) -> Result<Arc<RecoveryDisk>> {
+    let image = opts.image.clone();
+    let d = tokio::task::spawn_blocking(move || RecoveryDisk::open(opts, source))
+        .await
+        .context("opening a recovery disk")?
+        .with_context(|| format!("opening recovery disk {}", image.display()))?;
+    Ok(Arc::new(d))
+}
