@@ -368,6 +368,31 @@ pub fn operate(c: &VaultConn, op: &str, a: OpArgs) -> Result<()> {
     finish_op(&cl, job, a.no_wait)
 }
 
+pub fn hosts(c: &VaultConn) -> Result<()> {
+    let cl = Client::new(c)?;
+    let v = cl.get("/api/hosts")?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    cl.print(&v, |v| {
+        println!(
+            "{:<20} {:<12} {:<28} LAST SEEN",
+            "HOST", "REGION", "AGENT URL"
+        );
+        for h in v.as_array().into_iter().flatten() {
+            let ago = now - h["last_seen"].as_i64().unwrap_or(0);
+            println!(
+                "{:<20} {:<12} {:<28} {:.0}s ago",
+                s(h, "name"),
+                s(h, "region"),
+                s(h, "url"),
+                ago as f64 / 1000.0
+            );
+        }
+    })
+}
+
 /// A time in ms since 1970 as UTC text.
 fn utc(ms: &Value) -> String {
     match ms.as_i64().and_then(|m| u64::try_from(m).ok()) {

@@ -70,6 +70,11 @@ enum Command {
         #[command(subcommand)]
         cmd: client::RegionCmd,
     },
+    /// Hosts whose agents registered, and when they last reported (vault API).
+    Hosts {
+        #[command(flatten)]
+        conn: client::VaultConn,
+    },
     /// VMs (vault API).
     Vm {
         #[command(flatten)]
@@ -184,6 +189,7 @@ fn main() -> std::process::ExitCode {
         Command::Up(a) => agent_cmd::up(a),
         Command::Region { conn, cmd } => client::region(&conn, cmd),
         Command::Vm { conn, cmd } => client::vm(&conn, cmd),
+        Command::Hosts { conn } => client::hosts(&conn),
         Command::Protect { conn, args } => client::protect(&conn, args),
         Command::Items { conn } => client::items(&conn),
         Command::Item { conn, cmd } => match cmd {

@@ -247,10 +247,12 @@ pub fn kvm_usable() -> bool {
         .is_ok()
 }
 
-/// A fresh temporary directory for one test.
+/// A fresh temporary directory for one test (kept after the test, for its logs, when
+/// `LIFEBOAT_KEEP_TEST_DIRS` is set).
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix("lifeboat-test-")
+        .disable_cleanup(std::env::var_os("LIFEBOAT_KEEP_TEST_DIRS").is_some())
         .tempdir()
         .expect("create temp dir")
 }

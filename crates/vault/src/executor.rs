@@ -22,8 +22,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lifeboat_store::Store;
-use lifeboat_types::{Epoch, ItemState, Operation, Outcome, Seq, VmId};
+use lifeboat_store::{PointRecord, Store};
+use lifeboat_types::{CheckpointKind, Epoch, ItemState, Operation, Outcome, Seq, VmId};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 
@@ -433,6 +433,63 @@ async fn resume_replica(r: &Run) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether recovery-point choice `p` names a time rather than a point.
+fn is_time(p: &str) -> bool {
+    p.starts_with('@') || (p.ends_with('Z') && p.contains('T'))
+}
+
+/// Checks, before anything changes, that `choice` can be recovered from `points`.
+fn check_point(vm: &str, region: &str, choice: &str, points: &[PointRecord]) -> Flow {
+    let mut restorable = points.iter().filter(|p| p.is_restorable());
+    let ok = match choice {
+        "latest" | "latest-processed" => restorable.next().is_some(),
+        "latest-app-consistent" => {
+            restorable.any(|p| p.checkpoint_kind() == Some(CheckpointKind::AppConsistent))
+        }
+        t if is_time(t) => restorable.next().is_some(),
+        id => {
+            if let Some(p) = points.iter().find(|p| p.id == id) {
+                if !p.is_restorable() {
+                    return Err(format!(
+                        "recovery point {id} of VM {vm} is the initial copy, which is not a \
+                         consistent state: choose a later point"
+                    ));
+                }
+                true
+            } else {
+                return Err(format!(
+                    "VM {vm} has no recovery point {id} in region {region}: see `lifeboat item \
+                     points {vm}`"
+                ));
+            }
+        }
+    };
+    if ok {
+        return Ok(());
+    }
+    let why = if points.iter().any(|p| p.is_restorable()) {
+        ""
+    } else {
+        ": initial replication has not finished"
+    };
+    Err(format!(
+        "VM {vm} has no {choice} recovery point in region {region}{why}; nothing was changed"
+    ))
+}
+
+/// Raises the item's epoch in the target store: from now on the store refuses the source's
+/// segments (it is fenced).
+async fn fence(r: &Run, store: &Store, item: &Item) -> Result<u64, String> {
+    let epoch = item.epoch + 1;
+    let vm_id = r.vm_id()?;
+    store
+        .bump_epoch(&vm_id, Epoch(epoch))
+        .await
+        .map_err(|e| format!("fencing the source (epoch {epoch}): {e}"))?;
+    r.vault.set_epoch(&r.vm, epoch, r.job).map_err(text)?;
+    Ok(epoch)
+}
+
 async fn failover_steps(r: &mut Run) -> Flow {
     r.step("Prerequisites check")?;
     let item = r.item()?;
@@ -450,12 +507,7 @@ async fn failover_steps(r: &mut Run) -> Flow {
         .list_points(&vm_id)
         .await
         .map_err(|e| format!("listing recovery points in {store_url}: {e}"))?;
-    if !points.iter().any(|p| p.is_restorable()) {
-        return Err(format!(
-            "VM {} has no recovery point in region {} yet: wait for initial replication to finish",
-            r.vm, item.target_region
-        ));
-    }
+    check_point(&r.vm, &item.target_region, &point, &points)?;
     r.done(&format!(
         "target host {} in region {}; recovery point {point}",
         target.name, item.target_region
@@ -490,44 +542,55 @@ async fn failover_steps(r: &mut Run) -> Flow {
     }
 
     r.step("Process data")?;
-    let epoch = item.epoch + 1;
-    store
-        .bump_epoch(&vm_id, Epoch(epoch))
-        .await
-        .map_err(|e| format!("fencing the source (epoch {epoch}) in {store_url}: {e}"))?;
-    r.vault.set_epoch(&r.vm, epoch, r.job).map_err(text)?;
     let path = format!("/agent/v1/replicas/{}", r.vm);
-    let processed = if point == "latest" {
+    let mut epoch = None;
+    if point == "latest" {
+        // Fenced first, so that "everything received" is everything the source will send.
+        epoch = Some(fence(r, &store, &item).await?);
+        // Processing may have been stopped by an earlier attempt of this failover.
+        resume_replica(r).await?;
         let s: ReplicaStatus = r
             .call(&target, Method::POST, &format!("{path}/process"), None)
             .await?;
-        Some(s)
-    } else {
-        None
-    };
+        r.detail(&format!(
+            "everything received was processed: newest point {}",
+            s.newest_point.unwrap_or_default()
+        ));
+    }
     // Processing stops: the points stay as they are while the VM recovers from one.
     let _: serde_json::Value = r.call(&target, Method::DELETE, &path, None).await?;
-    match processed {
-        Some(s) => r.done(&format!(
-            "epoch {epoch} (the source is fenced); everything received was processed: newest \
-             point {}",
-            s.newest_point.unwrap_or_default()
-        )),
-        None => r.done(&format!(
-            "epoch {epoch} (the source is fenced); recovery point {point} is already processed"
-        )),
+    if point == "latest" {
+        r.done("everything received was processed; processing stopped");
+    } else {
+        r.done(&format!(
+            "recovery point {point} is already processed; processing stopped"
+        ));
     }
-
-    create_and_start(r, &target, vm.definition, store_url, point, epoch).await
+    create_and_start(
+        r,
+        &target,
+        vm.definition,
+        store_url,
+        point,
+        epoch,
+        &store,
+        &item,
+    )
+    .await
 }
 
+/// Creates the recovered VM from `point` and starts it; fences the source first if
+/// `epoch` says it is not fenced yet.
+#[allow(clippy::too_many_arguments)]
 async fn create_and_start(
     r: &mut Run,
     target: &Host,
     definition: serde_json::Value,
     store_url: String,
     point: String,
-    epoch: u64,
+    epoch: Option<u64>,
+    store: &Store,
+    item: &Item,
 ) -> Flow {
     r.step("Create VM")?;
     let path = format!("/agent/v1/recovered/{}", r.vm);
@@ -535,7 +598,7 @@ async fn create_and_start(
         definition,
         store_url,
         recovery_point: point,
-        epoch,
+        epoch: epoch.unwrap_or(item.epoch + 1),
     };
     let st: RecoveredStatus = r.call(target, Method::PUT, &path, Some(&spec)).await?;
     r.done(&format!(
@@ -544,6 +607,9 @@ async fn create_and_start(
         st.point, st.point_seq, st.point_time_utc
     ));
     r.step("Start VM")?;
+    if epoch.is_none() {
+        fence(r, store, item).await?;
+    }
     let st: RecoveredStatus = r
         .call(target, Method::POST, &format!("{path}/start"), None)
         .await?;
@@ -568,7 +634,19 @@ async fn change_point(r: &mut Run) -> Flow {
     let path = format!("/agent/v1/recovered/{}", r.vm);
     let _: serde_json::Value = r.call(&target, Method::DELETE, &path, None).await?;
     r.done("stopped; its disks and the writes made since failover are discarded");
-    create_and_start(r, &target, vm.definition, store_url, point, item.epoch).await
+    let store = Store::open(&store_url).map_err(|e| format!("target store {store_url}: {e}"))?;
+    let epoch = Some(item.epoch);
+    create_and_start(
+        r,
+        &target,
+        vm.definition,
+        store_url,
+        point,
+        epoch,
+        &store,
+        &item,
+    )
+    .await
 }
 
 async fn commit(r: &mut Run) -> Flow {

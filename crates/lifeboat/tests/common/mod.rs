@@ -175,3 +175,4 @@ pub fn sparse_image(path: &Path, len: u64) {
     let f = std::fs::File::create(path).expect("create image");
     f.set_len(len).expect("size image");
 }
+pub mod cluster;
