@@ -336,3 +336,49 @@ fn vault_killed_during_failover_leaves_nothing_stuck() {
     let (point, _) = recovered_point(&done);
     assert_eq!(restored_writes(&c, "erp", &point), m);
 }
+
+#[test]
+fn agents_killed_with_sigkill_come_back_where_they_were() {
+    let t = tempdir();
+    let mut c = Cluster::separate(&t.path().join("lb"));
+    c.create_guest_vm("crm");
+    c.cli_ok(&["vm", "start", "crm"]);
+    let primary = c.source_serial("primary", "crm");
+    wait_seq(&primary, 50, BOOT);
+    protect_healthy(&c, "crm");
+
+    // The primary agent dies with its VM; restarted, it serves the disk again, restarts the
+    // VM (which resumes from its disk) and replication goes on.
+    let before = seqwriter::last_reported_seq(&serial(&primary)).unwrap_or(0);
+    c.kill_agent("primary");
+    c.start_agent("primary");
+    let resumed = wait_boot(&primary, 2, BOOT);
+    assert!(resumed >= before, "resumed after {resumed}, had written {before}");
+    wait_seq(&primary, resumed + 300, BOOT);
+    let rpo_fresh = || {
+        let i = c.item("crm");
+        i["health"]["health"] == "healthy" && i["rpo_ms"].as_i64().is_some_and(|r| r < 5_000)
+    };
+    wait_until(Duration::from_secs(60), "replication going on after the restart", rpo_fresh);
+
+    // Failover, then the secondary agent dies while the recovered VM runs: restarted, it
+    // reopens the recovered disks and starts the VM again; commit still works.
+    let job = c.json(&["failover", "crm", "--recovery-point", "latest"]);
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let recovered = c.recovered_serial("secondary", "crm");
+    let m = wait_boot(&recovered, 3, BOOT);
+    wait_seq(&recovered, m + 200, BOOT);
+    let written = seqwriter::last_reported_seq(&serial(&recovered)).unwrap_or(0);
+    c.kill_agent("secondary");
+    c.start_agent("secondary");
+    let again = wait_boot(&recovered, 4, BOOT);
+    assert!(
+        again >= written,
+        "the recovered VM lost writes across the agent restart: resumed after {again}, had \
+         written {written}"
+    );
+    c.wait_agents();
+    let job = c.json(&["commit", "crm"]);
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(c.item("crm")["state"], "failover-committed");
+}
