@@ -13,7 +13,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use lifeboat_agent::pick::{is_time, pick_point};
 use lifeboat_process::{
-    format_utc_ms, open_point, parse_utc, state_at, Cut, PointInTime, Processor, Target,
+    format_utc_ms, open_point, parse_utc, state_at, ChunkChange, Cut, PointInTime, Processor,
+    Target,
 };
 use lifeboat_store::{Entry, PointRecord, Store};
 use lifeboat_types::{DiskId, Epoch, Seq, VmId};
@@ -274,7 +275,12 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
     }
 }
 
+/// Chunks the journal changed that [`write_disk`] builds in one pass over their segments.
+const BUILD_BATCH: usize = 16;
+
 /// Writes disk `disk` of `pit` to the new file `path` (zero chunks stay holes) and syncs it.
+/// Chunks the journal changed since the base are built in batches of [`BUILD_BATCH`], each
+/// batch reading the journal segments it needs once.
 async fn write_disk(store: &Store, pit: &PointInTime, disk: DiskId, path: &Path) -> Result<()> {
     let reader = store
         .disk_reader(&pit.base, disk)
@@ -284,19 +290,51 @@ async fn write_disk(store: &Store, pit: &PointInTime, disk: DiskId, path: &Path)
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     file.set_len(reader.size())?;
     let cs = u64::from(reader.chunk_size());
-    for i in 0..reader.chunk_count() {
-        let data = match pit.overlay.get(&(disk, i)) {
-            Some(c) if c.iter().all(|b| *b == 0) => continue,
-            Some(c) => c.clone(),
-            None if reader.entry(i).await? == Entry::Zero => continue,
-            None => reader
-                .read_chunk(i)
+    let write_changed = |batch: &mut Vec<u64>| {
+        let batch = std::mem::take(batch);
+        let file = &file;
+        async move {
+            let built = pit
+                .read_disk_chunks(store, disk, &batch)
                 .await
-                .with_context(|| format!("chunk {i} of {disk} of point {}", pit.base.id))?
-                .as_ref()
-                .clone(),
-        };
+                .with_context(|| {
+                    format!(
+                        "chunks {batch:?} of {disk} at journal record {} (point {} and the journal since)",
+                        pit.seq, pit.base.id
+                    )
+                })?;
+            for (i, data) in batch.iter().zip(built) {
+                if data.iter().any(|b| *b != 0) {
+                    file.write_all_at(&data, i * cs)?;
+                }
+            }
+            anyhow::Ok(())
+        }
+    };
+    let mut changed = Vec::with_capacity(BUILD_BATCH);
+    for i in 0..reader.chunk_count() {
+        match pit.chunk_change(disk, i) {
+            ChunkChange::Zeroed => continue,
+            ChunkChange::Changed => {
+                changed.push(i);
+                if changed.len() == BUILD_BATCH {
+                    write_changed(&mut changed).await?;
+                }
+                continue;
+            }
+            ChunkChange::Unchanged => {}
+        }
+        if reader.entry(i).await? == Entry::Zero {
+            continue;
+        }
+        let data = reader
+            .read_chunk(i)
+            .await
+            .with_context(|| format!("chunk {i} of {disk} of point {}", pit.base.id))?;
         file.write_all_at(&data, i * cs)?;
+    }
+    if !changed.is_empty() {
+        write_changed(&mut changed).await?;
     }
     file.sync_all()?;
     Ok(())

@@ -4,25 +4,25 @@
 //! [`state_at`] finds the journal position that a target stands for — for a time `T`, the last
 //! record of the longest journal prefix whose records were all appended at or before `T` (record
 //! times are non-decreasing, so that is the last record with time `<= T`) — then the newest
-//! recovery point at or before that position (the *base*), and materializes every chunk the
-//! records between them touch: the base's chunk with the records applied in journal order
-//! (zeroes and trims give zeroes), exactly as the processor cuts a point. The result,
-//! [`PointInTime`], reads any chunk of any disk: the materialized one if the records touched it,
-//! else the base's.
+//! stored recovery point at or before that position (the *base*), and indexes the records
+//! between them by the chunks they touch: references to the records (segment, place in it),
+//! not their data, so memory grows with the number of records, not with the bytes they wrote
+//! (see the `overlay` module). The result, [`PointInTime`], reads any chunk of any disk: a
+//! chunk the records touched is built when read — the base's chunk with its records applied
+//! in journal order (zeroes and trims give zeroes), exactly as the processor cuts a point —
+//! through a small cache of decoded segments; any other chunk is the base's.
 //!
 //! The window starts at the oldest stored record that a stored point can reach with stored
 //! records only; a target before it is refused ([`ProcessError::BeforeWindow`]). A target after
 //! the last stored record gives the state at the last record ([`PointInTime::after_last`]).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lifeboat_journal::Record;
-use lifeboat_store::{DiskReader, PointRecord, SegmentRef, Store, StoreError};
-use lifeboat_types::{DiskId, RecordKind, Seq, VmId};
+use lifeboat_store::{PointRecord, SegmentRef, Store};
+use lifeboat_types::{Seq, VmId};
 
-use crate::processor::apply_records_to_chunk;
+use crate::overlay::{index_journal, load, store_err, PointInTime};
 use crate::ProcessError;
 
 /// What to restore: a time or a journal position.
@@ -32,78 +32,6 @@ pub enum Target {
     Time(SystemTime),
     /// The state after every record up to this sequence number.
     Seq(Seq),
-}
-
-/// A VM's state at one journal position: a base point plus the chunks changed since.
-#[derive(Debug, Clone)]
-pub struct PointInTime {
-    /// The newest point at or before `seq`.
-    pub base: PointRecord,
-    /// The journal position: the state after every record up to this one.
-    pub seq: Seq,
-    /// The append time of record `seq` (the base point's time if the record is not stored).
-    pub time: SystemTime,
-    /// The target was after the last stored record: this is the state at the last record.
-    pub after_last: bool,
-    /// Records applied on top of the base.
-    pub records: u64,
-    /// Every chunk changed since the base, materialized, by (disk, chunk index).
-    pub overlay: BTreeMap<(DiskId, u64), Vec<u8>>,
-    vm: VmId,
-    /// The base's disk readers, opened on first use (they cache pages and chunks).
-    readers: Readers,
-}
-
-/// Disk readers shared by the clones of a [`PointInTime`].
-#[derive(Clone, Default)]
-struct Readers(Arc<tokio::sync::Mutex<HashMap<DiskId, Arc<DiskReader>>>>);
-
-impl std::fmt::Debug for Readers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Readers")
-    }
-}
-
-impl PointInTime {
-    /// Chunk `index` of `disk` at this position (the last chunk of a disk may be short).
-    pub async fn read_disk_chunk(
-        &self,
-        store: &Store,
-        disk: DiskId,
-        index: u64,
-    ) -> Result<Vec<u8>, ProcessError> {
-        if let Some(c) = self.overlay.get(&(disk, index)) {
-            return Ok(c.clone());
-        }
-        let reader = {
-            let mut m = self.readers.0.lock().await;
-            match m.get(&disk) {
-                Some(r) => r.clone(),
-                None => {
-                    let r = Arc::new(
-                        store
-                            .disk_reader(&self.base, disk)
-                            .await
-                            .map_err(|e| store_err(&self.vm, e))?,
-                    );
-                    m.insert(disk, r.clone());
-                    r
-                }
-            }
-        };
-        let chunk = reader
-            .read_chunk(index)
-            .await
-            .map_err(|e| store_err(&self.vm, e))?;
-        Ok(chunk.as_ref().clone())
-    }
-}
-
-fn store_err(vm: &VmId, source: StoreError) -> ProcessError {
-    ProcessError::Store {
-        vm: vm.clone(),
-        source: Box::new(source),
-    }
 }
 
 /// A time as UTC text with milliseconds, `YYYY-MM-DDTHH:MM:SS.fffZ` (parsed back by
@@ -215,14 +143,6 @@ struct Scan {
     stopped: bool,
 }
 
-async fn load(store: &Store, vm: &VmId, seg: &SegmentRef) -> Result<Vec<Record>, ProcessError> {
-    let (_, records) = store
-        .read_segment(vm, seg)
-        .await
-        .map_err(|e| store_err(vm, e))?;
-    Ok(records)
-}
-
 async fn scan(
     store: &Store,
     vm: &VmId,
@@ -295,15 +215,21 @@ pub async fn state_at(
     vm: &VmId,
     target: Target,
 ) -> Result<PointInTime, ProcessError> {
-    state_at_within(store, vm, target, OVERLAY_BUDGET).await
+    state_at_within(store, vm, target, INDEX_BUDGET).await
 }
 
-/// Memory a [`PointInTime`] may take for the journal since its base (the records read and the
-/// chunks they change, held until read): 2 GiB by default. Past it, the read is refused
-/// ([`ProcessError::TooFarFromBase`]) rather than exhausting the host's memory.
-pub const OVERLAY_BUDGET: u64 = 2 << 30;
+/// Memory a [`PointInTime`] may take for its index of the journal since its base (counted as
+/// 16 bytes per record and chunk it touches, 96 per chunk touched and 160 per segment): 1 GiB
+/// by default, tens of millions of records. Past it, the read is refused ([`ProcessError::TooFarFromBase`]) rather
+/// than exhausting the host's memory. The chunks themselves are built when read, never all
+/// held; the decoded segments they are built from are bounded apart
+/// ([`crate::SEGMENT_CACHE_BYTES`]).
+pub const INDEX_BUDGET: u64 = 1 << 30;
 
-/// [`state_at`] with an explicit memory budget (bytes) for the journal since the base.
+/// [`state_at`] with an explicit memory budget (bytes) for the index of the journal since the
+/// base ([`INDEX_BUDGET`]; [`PointInTime::index_bytes`] tells what a point took). Before the
+/// index was lazy this budget also counted the records' data and every changed chunk; it now
+/// counts only the index, so the same number admits far longer journals.
 pub async fn state_at_within(
     store: &Store,
     vm: &VmId,
@@ -385,17 +311,8 @@ pub async fn state_at_within(
     let base = crate::processor::stored_base(&points, seq)
         .cloned()
         .ok_or_else(|| before(format!("journal record {seq}")))?;
-    let mut pit = PointInTime {
-        seq,
-        time,
-        after_last,
-        records: 0,
-        overlay: BTreeMap::new(),
-        vm: vm.clone(),
-        base,
-        readers: Readers::default(),
-    };
-    materialize(store, vm, &segments, &mut pit, budget).await?;
+    let mut pit = PointInTime::on_base(vm, base, seq, time, after_last);
+    index_journal(store, vm, &segments, &mut pit, budget).await?;
     Ok(pit)
 }
 
@@ -429,120 +346,13 @@ pub async fn open_point(
             ..pit
         });
     }
-    Ok(PointInTime {
-        base: point.clone(),
-        seq: point.seq(),
-        time: point.time(),
-        after_last: false,
-        records: 0,
-        overlay: BTreeMap::new(),
-        vm: vm.clone(),
-        readers: Readers::default(),
-    })
-}
-
-/// Reads the records after the base up to `pit.seq` and materializes the chunks they touch.
-async fn materialize(
-    store: &Store,
-    vm: &VmId,
-    segments: &[SegmentRef],
-    pit: &mut PointInTime,
-    budget: u64,
-) -> Result<(), ProcessError> {
-    let mut held = 0u64;
-    let se = |e| store_err(vm, e);
-    let base = pit.base.clone();
-    let mut readers = BTreeMap::new();
-    for d in &base.disks {
-        let disk = DiskId(d.disk);
-        readers.insert(disk, store.disk_reader(&base, disk).await.map_err(se)?);
-    }
-    let outside = |r: &Record| ProcessError::OutsideDisk {
-        vm: vm.clone(),
-        seq: r.seq,
-        disk: r.disk,
-        offset: r.offset,
-        length: r.length,
-        point: base.id.clone(),
-    };
-    let mut pending: BTreeMap<(DiskId, u64), Vec<Arc<Record>>> = BTreeMap::new();
-    let mut expected = base.seq().next();
-    let end = pit.seq;
-    let from = expected;
-    'segments: for seg in segments
-        .iter()
-        .filter(|s| s.last_seq >= from && s.first_seq <= end)
-    {
-        for rec in load(store, vm, seg).await? {
-            if rec.seq < expected {
-                continue;
-            }
-            if rec.seq > end {
-                break 'segments;
-            }
-            if rec.seq != expected {
-                return Err(ProcessError::Gap {
-                    vm: vm.clone(),
-                    expected,
-                    found: rec.seq,
-                });
-            }
-            expected = rec.seq.next();
-            if rec.seq == end && pit.time == UNIX_EPOCH {
-                pit.time = rec.time;
-            }
-            if rec.kind == RecordKind::Checkpoint {
-                continue;
-            }
-            pit.records += 1;
-            let reader = readers.get(&rec.disk).ok_or_else(|| outside(&rec))?;
-            let stop = rec
-                .offset
-                .checked_add(rec.length)
-                .ok_or_else(|| outside(&rec))?;
-            if stop > reader.size() {
-                return Err(outside(&rec));
-            }
-            if rec.length == 0 {
-                continue;
-            }
-            let cs = u64::from(reader.chunk_size());
-            let (first, last) = (rec.offset / cs, (stop - 1) / cs);
-            let rec = Arc::new(rec);
-            held += rec.data.len() as u64 + 64;
-            for i in first..=last {
-                let e = pending.entry((rec.disk, i)).or_default();
-                if e.is_empty() {
-                    held += cs;
-                }
-                e.push(rec.clone());
-            }
-            if held > budget {
-                return Err(ProcessError::TooFarFromBase {
-                    vm: vm.clone(),
-                    seq: end,
-                    base: base.id.clone(),
-                    needed_mib: held >> 20,
-                    budget_mib: budget >> 20,
-                });
-            }
-        }
-    }
-    if expected <= end {
-        return Err(ProcessError::Gap {
-            vm: vm.clone(),
-            expected,
-            found: end,
-        });
-    }
-    for ((disk, index), records) in pending {
-        let reader = readers.get(&disk).ok_or_else(|| outside(&records[0]))?;
-        let cs = u64::from(reader.chunk_size());
-        let mut data = reader.read_chunk(index).await.map_err(se)?.as_ref().clone();
-        apply_records_to_chunk(&mut data, index * cs, &records).map_err(outside)?;
-        pit.overlay.insert((disk, index), data);
-    }
-    Ok(())
+    Ok(PointInTime::on_base(
+        vm,
+        point.clone(),
+        point.seq(),
+        point.time(),
+        false,
+    ))
 }
 
 #[cfg(test)]

@@ -39,7 +39,12 @@
 //!
 //! [`open_point`] reads any restorable point in either form; [`state_at`] reads any time (or
 //! journal position) inside the continuous-data-protection window, to the write (see `cdp`).
-//! Both give a [`PointInTime`]: a stored base plus the chunks the journal changed since.
+//! Both give a [`PointInTime`]: a stored base plus an index, by chunk, of the journal records
+//! since it (references, not data: memory grows with the number of records, bounded by
+//! [`INDEX_BUDGET`]). A chunk the records touched is built when it is read — the base's chunk
+//! with its records applied in journal order — from the stored segments, through a small LRU
+//! of decoded segments ([`SEGMENT_CACHE_BYTES`]); so the segments must stay stored while the
+//! point is read.
 //!
 //! ## Initial replication
 //!
@@ -68,15 +73,21 @@
 
 mod cdp;
 mod lag;
+mod overlay;
 mod plan;
 mod processor;
 mod retention;
 
 pub use cdp::{
-    format_utc_ms, open_point, parse_utc, state_at, state_at_within, PointInTime, Target,
-    OVERLAY_BUDGET,
+    format_utc_ms, open_point, parse_utc, state_at, state_at_within, Target, INDEX_BUDGET,
 };
 pub use lag::{percentile, record_lags, Lags};
+pub use overlay::{ChunkChange, PointInTime, SegmentCacheStats, SEGMENT_CACHE_BYTES};
 pub use plan::{plan_retention, points_to_store, PointView, RetentionPlan};
 pub use processor::{CopyOptions, Cut, ProcessError, ProcessReport, Processor, Progress};
 pub use retention::{apply_retention, RetentionReport};
+
+/// The budget of [`state_at_within`] under its old name: it bounded the materialized chunks,
+/// it now bounds the index of the journal ([`INDEX_BUDGET`]).
+#[deprecated(note = "use INDEX_BUDGET: the budget now bounds the index of the journal")]
+pub const OVERLAY_BUDGET: u64 = INDEX_BUDGET;

@@ -91,8 +91,9 @@ pub enum ProcessError {
         /// Where its copy ended.
         copy_end: Seq,
     },
-    /// Reading a position needs more memory than allowed for the journal since its base.
-    #[error("reading journal record {seq} of VM {vm} needs more than {budget_mib} MiB of memory ({needed_mib} MiB so far) for the journal since stored point {base}: store a nearer point first (`lifeboat process --store-secs 0`), or choose a stored point")]
+    /// Reading a position needs more memory than allowed for the index of the journal since
+    /// its base.
+    #[error("reading journal record {seq} of VM {vm} needs more than {budget_mib} MiB of memory ({needed_mib} MiB so far) to index the journal since stored point {base}: store a nearer point first (`lifeboat process --store-secs 0`), or choose a stored point")]
     TooFarFromBase {
         /// The VM.
         vm: VmId,
@@ -622,25 +623,37 @@ pub(crate) fn apply_records_to_chunk<'a>(
     chunk_start: u64,
     records: &'a [Arc<Record>],
 ) -> Result<(), &'a Record> {
-    let chunk_end = chunk_start + data.len() as u64;
     for r in records {
-        let start = r.offset.max(chunk_start);
-        let end = r.offset.saturating_add(r.length).min(chunk_end);
-        if start >= end {
-            continue;
-        }
-        let dst = &mut data[(start - chunk_start) as usize..(end - chunk_start) as usize];
-        match r.kind {
-            RecordKind::Write => {
-                let src = (start - r.offset) as usize..(end - r.offset) as usize;
-                match r.data.get(src) {
-                    Some(s) => dst.copy_from_slice(s),
-                    None => return Err(r),
-                }
+        apply_record_to_chunk(data, chunk_start, r)?;
+    }
+    Ok(())
+}
+
+/// Applies the part of record `r` that falls inside the chunk starting at `chunk_start` (a
+/// write's bytes; zeroes for a zero or a trim). `Err(r)` if a write carries fewer bytes than its
+/// range.
+pub(crate) fn apply_record_to_chunk<'a>(
+    data: &mut [u8],
+    chunk_start: u64,
+    r: &'a Record,
+) -> Result<(), &'a Record> {
+    let chunk_end = chunk_start + data.len() as u64;
+    let start = r.offset.max(chunk_start);
+    let end = r.offset.saturating_add(r.length).min(chunk_end);
+    if start >= end {
+        return Ok(());
+    }
+    let dst = &mut data[(start - chunk_start) as usize..(end - chunk_start) as usize];
+    match r.kind {
+        RecordKind::Write => {
+            let src = (start - r.offset) as usize..(end - r.offset) as usize;
+            match r.data.get(src) {
+                Some(s) => dst.copy_from_slice(s),
+                None => return Err(r),
             }
-            RecordKind::Zero | RecordKind::Trim => dst.fill(0),
-            RecordKind::Checkpoint => {}
         }
+        RecordKind::Zero | RecordKind::Trim => dst.fill(0),
+        RecordKind::Checkpoint => {}
     }
     Ok(())
 }

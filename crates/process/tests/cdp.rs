@@ -3,7 +3,8 @@
 //!
 //! Real appends (the journal takes each record's time from the clock), a few milliseconds apart
 //! so that every record has its own millisecond; real shipping to a local-directory store; only
-//! part of the journal processed into points, so that some targets need long overlays.
+//! part of the journal processed into points, so that some targets are far (in records) from
+//! their base.
 
 mod common;
 
@@ -264,7 +265,8 @@ async fn every_time_in_the_window_reads_back_the_model_at_that_time() {
         assert!(!p.is_journal_backed());
         assert!(s.store.disk_reader(p, DiskId(0)).await.is_ok());
         let pit = open_point(&s.store, &vm(), p).await.unwrap();
-        assert!(pit.overlay.is_empty());
+        assert_eq!(pit.touched_count(), 0);
+        assert_eq!(pit.touched().count(), 0);
         check(&s.store, &pit, &s.models[p.seq().0 as usize], "stored").await;
     }
     for n in [5usize, 19, 29, 36] {
@@ -327,7 +329,8 @@ async fn the_window_starts_where_the_stored_journal_does() {
     let pit = state_at(&s.store, &vm(), Target::Seq(Seq(0)))
         .await
         .unwrap();
-    assert!(pit.overlay.is_empty());
+    assert_eq!(pit.touched_count(), 0);
+    assert!(!pit.is_touched(DiskId(0), 0));
     check(&s.store, &pit, &s.models[0], "seed point").await;
 }
 
@@ -374,9 +377,9 @@ async fn a_flipped_bit_in_a_stored_segment_is_named_and_never_restored() {
 #[tokio::test]
 async fn a_position_too_far_from_its_base_is_refused_not_a_memory_exhaustion() {
     let s = setup().await;
-    // Records 19..=36 are journal only (no stored point after 18): about 18 records touching a
-    // few 64 KiB chunks. A 64 KiB budget cannot hold them; the default can.
-    let e = lifeboat_process::state_at_within(&s.store, &vm(), Target::Seq(Seq(36)), 64 << 10)
+    // Records 19..=36 are journal only (no stored point after 18): 15 data records touching a
+    // few 64 KiB chunks. Their index takes a few KiB: 1 KiB cannot hold it; the default can.
+    let e = lifeboat_process::state_at_within(&s.store, &vm(), Target::Seq(Seq(36)), 1 << 10)
         .await
         .unwrap_err();
     assert!(matches!(e, ProcessError::TooFarFromBase { .. }), "{e:?}");
@@ -387,6 +390,8 @@ async fn a_position_too_far_from_its_base_is_refused_not_a_memory_exhaustion() {
         .await
         .unwrap();
     check(&s.store, &pit, &s.models[36], "within the default budget").await;
+    assert!(pit.index_bytes() > 1 << 10 && pit.index_bytes() < 64 << 10);
+    assert!(pit.touched_count() > 0);
     // A stored point itself needs no journal at all.
     let pit = lifeboat_process::state_at_within(&s.store, &vm(), Target::Seq(Seq(18)), 0)
         .await

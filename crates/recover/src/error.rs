@@ -115,6 +115,22 @@ pub enum RecoverError {
         #[source]
         source: Box<StoreError>,
     },
+    /// A chunk the journal changed since the point's base could not be built (its base chunk
+    /// or a journal segment holding its records could not be read).
+    #[error("chunk {index} of {disk} of the recovery point of VM {vm} at journal record {seq}, built from its base and the stored journal")]
+    BuiltChunk {
+        /// The VM.
+        vm: VmId,
+        /// The point's journal position.
+        seq: Seq,
+        /// The disk.
+        disk: DiskId,
+        /// The chunk index.
+        index: u64,
+        /// Why.
+        #[source]
+        source: Box<ProcessError>,
+    },
     /// The recovery point has no such disk, or one this crate cannot serve.
     #[error("recovery point of VM {vm} at journal record {seq}: {reason}")]
     BadPoint {

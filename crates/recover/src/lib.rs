@@ -13,8 +13,12 @@
 //!   stored point, a journal-backed one, or any instant of the CDP window — read through the
 //!   store's [`lifeboat_store::DiskReader`] (index pages cached, an LRU of decoded chunks for
 //!   guest reads; every chunk verified by BLAKE3), plus the chunks the journal changed since
-//!   the base, already materialized by `state_at`. Read-only and immutable, so its bytes can
-//!   be read without any lock. The store's async reads run on the device's own small tokio
+//!   the base, built when first needed from the base's chunk and the stored journal records
+//!   that `state_at` indexed by chunk (references, not data: the point's memory grows with the
+//!   number of records, not with the bytes they wrote), through a small LRU of decoded
+//!   segments and one of built chunks for guest reads. The journal segments must therefore
+//!   stay in the store until the disk is hydrated, as the base must. Read-only and immutable,
+//!   so its bytes can be read without any lock. The store's async reads run on the device's own small tokio
 //!   runtime; the synchronous NBD calls wait for them on a plain channel (never entering a
 //!   runtime from inside another one, whatever runtime the NBD server runs on).
 //! * **The target image**: a raw sparse file of the disk's size, created on first open. It
@@ -83,10 +87,11 @@
 //! shared counter ([`HydrateConfig::in_flight`], 4: store reads, BLAKE3 checks and image writes
 //! of different chunks overlap; a quick trial on 2 cores, 1 GiB half-zero point, medians of
 //! 3: 0.62 s with 4, 1.17 s with 1): a zero
-//! chunk of the point (`Entry::Zero`, or an all-zero materialized chunk) is not read at all —
+//! chunk of the point (`Entry::Zero`, or zeroed whole by the journal) is not read at all —
 //! its range of the target image is punched (`FALLOC_FL_PUNCH_HOLE`), so the image stays
-//! sparse there and the chunk is zero whatever an earlier crashed run left; a data chunk is
-//! read (bypassing the guest LRU) and written whole. Under the chunk's lock it checks the bit
+//! sparse there and the chunk is zero whatever an earlier crashed run left (so is a chunk
+//! built from the journal as all zeroes); a data chunk is read, or built from its base chunk
+//! and the journal (bypassing the guest LRUs), and written whole. Under the chunk's lock it checks the bit
 //! again and writes only if the chunk is still not local, then sets the bit: a chunk the guest
 //! wrote meanwhile is never overwritten. It checkpoints every [`HydrateConfig::checkpoint_every`]
 //! and at the end; once every chunk is local it drops the point (and its caches). Progress

@@ -2,11 +2,11 @@
 //! [`lifeboat_process::PointInTime`] in the region store; and the small runtime that runs the
 //! store's async reads for the device's synchronous NBD calls.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use lifeboat_process::{open_point, state_at, PointInTime, Target};
+use lifeboat_process::{open_point, state_at, ChunkChange, PointInTime, Target};
 use lifeboat_store::{DiskReader, Entry, Store, StoreError};
 use lifeboat_types::{DiskId, Seq, VmId};
 
@@ -14,9 +14,10 @@ use crate::error::RecoverError;
 
 /// One disk of a recovery point (stored or journal-backed) or of any point in time of the CDP
 /// window: the base point's chunks through a [`DiskReader`] (index pages cached, a small LRU of
-/// decoded chunks for guest reads), and the chunks the journal changed since the base, already
-/// materialized by [`lifeboat_process::state_at`]. Every byte is verified (BLAKE3) by the
-/// store before it is returned.
+/// decoded chunks for guest reads), and the chunks the journal changed since the base, built
+/// on demand by the [`PointInTime`] from the base's chunk and the stored journal segments (a
+/// small LRU of them too, for guest reads). Every byte is verified (BLAKE3) by the store
+/// before it is returned.
 #[derive(Debug)]
 pub struct PointSource {
     store: Store,
@@ -24,13 +25,18 @@ pub struct PointSource {
     disk: DiskId,
     seq: Seq,
     reader: DiskReader,
-    /// This disk's chunks changed by the journal since the base.
-    overlay: HashMap<u64, Arc<Vec<u8>>>,
+    /// The point: its index of the journal since the base builds the changed chunks.
+    pit: PointInTime,
+    /// Changed chunks built for guest reads, the most recently used last.
+    built: Mutex<VecDeque<(u64, Arc<Vec<u8>>)>>,
+    /// How many `built` keeps (the store's reader cache size).
+    built_cap: usize,
 }
 
 impl PointSource {
     /// Disk `disk` of `pit` (from [`lifeboat_process::open_point`] or
-    /// [`lifeboat_process::state_at`]).
+    /// [`lifeboat_process::state_at`]). The source keeps (a clone of) `pit`: the journal
+    /// segments it indexes must stay in the store while the disk is read, as its base must.
     pub async fn open(
         store: &Store,
         pit: &PointInTime,
@@ -54,25 +60,21 @@ impl PointSource {
                         source: Box::new(source),
                     }),
                 })?;
-        let overlay = pit
-            .overlay
-            .iter()
-            .filter(|((d, _), _)| *d == disk)
-            .map(|((_, i), data)| (*i, Arc::new(data.clone())))
-            .collect::<HashMap<_, _>>();
         let src = PointSource {
             store: store.clone(),
             vm,
             disk,
             seq: pit.seq,
             reader,
-            overlay,
+            pit: pit.clone(),
+            built: Mutex::new(VecDeque::new()),
+            built_cap: store.config().reader_cache_chunks.max(1),
         };
-        for (i, data) in &src.overlay {
-            if *i >= src.chunk_count() || data.len() != src.chunk_len(*i) {
+        if let Some(i) = src.pit.touched_on(disk).next_back() {
+            if i >= src.chunk_count() {
                 return Err(src.bad(format!(
-                    "materialized chunk {i} ({} bytes) does not fit the disk",
-                    data.len()
+                    "the journal since the base touches chunk {i}, past the disk's {} chunks",
+                    src.chunk_count()
                 )));
             }
         }
@@ -173,10 +175,57 @@ impl PointSource {
         }
     }
 
-    /// Whether chunk `i` is all zeroes (from its index entry; no chunk is read).
+    /// A changed chunk `i` already built for a guest read.
+    fn built(&self, i: u64) -> Option<Arc<Vec<u8>>> {
+        let mut lru = self.built.lock().unwrap_or_else(|p| p.into_inner());
+        let at = lru.iter().position(|(k, _)| *k == i)?;
+        let e = lru.remove(at)?;
+        let data = e.1.clone();
+        lru.push_back(e);
+        Some(data)
+    }
+
+    /// Chunk `i`, which the journal changed since the base: built from the base's chunk and its
+    /// records (kept for later guest reads if `keep`).
+    async fn build(&self, i: u64, keep: bool) -> Result<Arc<Vec<u8>>, RecoverError> {
+        if let Some(c) = self.built(i) {
+            return Ok(c);
+        }
+        let data = self
+            .pit
+            .read_disk_chunk(&self.store, self.disk, i)
+            .await
+            .map_err(|e| RecoverError::BuiltChunk {
+                vm: self.vm.clone(),
+                seq: self.seq,
+                disk: self.disk,
+                index: i,
+                source: Box::new(e),
+            })?;
+        self.check_len(i, data.len())?;
+        let data = Arc::new(data);
+        if keep {
+            let mut lru = self.built.lock().unwrap_or_else(|p| p.into_inner());
+            if !lru.iter().any(|(k, _)| *k == i) {
+                if lru.len() >= self.built_cap {
+                    lru.pop_front();
+                }
+                lru.push_back((i, data.clone()));
+            }
+        }
+        Ok(data)
+    }
+
+    /// Whether chunk `i` is all zeroes, without reading it: from its index entry, or for a
+    /// chunk the journal changed, from the journal (zeroed whole) or an already built copy.
+    /// A changed chunk not known that way is called data (`false`), always a safe answer.
     pub async fn is_zero(&self, i: u64) -> Result<bool, RecoverError> {
-        if let Some(c) = self.overlay.get(&i) {
-            return Ok(c.iter().all(|&b| b == 0));
+        match self.pit.chunk_change(self.disk, i) {
+            ChunkChange::Zeroed => return Ok(true),
+            ChunkChange::Changed => {
+                return Ok(self.built(i).is_some_and(|c| c.iter().all(|&b| b == 0)))
+            }
+            ChunkChange::Unchanged => {}
         }
         let e = self
             .reader
@@ -186,10 +235,11 @@ impl PointSource {
         Ok(e == Entry::Zero)
     }
 
-    /// Chunk `i` for a guest read or write: through the reader's LRU of decoded chunks.
+    /// Chunk `i` for a guest read or write: through an LRU of decoded chunks (the reader's, or
+    /// this source's for a chunk the journal changed).
     pub async fn chunk(&self, i: u64) -> Result<Arc<Vec<u8>>, RecoverError> {
-        if let Some(c) = self.overlay.get(&i) {
-            return Ok(c.clone());
+        if self.pit.is_touched(self.disk, i) {
+            return self.build(i, true).await;
         }
         let data = self
             .reader
@@ -200,15 +250,21 @@ impl PointSource {
         Ok(data)
     }
 
-    /// Chunk `i` for hydration: `None` for a zero chunk (nothing is read), else its bytes,
-    /// bypassing the LRU (one pass over the disk would only evict what guest reads use).
+    /// Chunk `i` for hydration: `None` for a zero chunk (nothing is read when the base's index
+    /// or the journal says so), else its bytes, bypassing the LRUs (one pass over the disk
+    /// would only evict what guest reads use).
     pub async fn chunk_for_copy(&self, i: u64) -> Result<Option<Arc<Vec<u8>>>, RecoverError> {
-        if let Some(c) = self.overlay.get(&i) {
-            return Ok(if c.iter().all(|&b| b == 0) {
-                None
-            } else {
-                Some(c.clone())
-            });
+        match self.pit.chunk_change(self.disk, i) {
+            ChunkChange::Zeroed => return Ok(None),
+            ChunkChange::Changed => {
+                let c = self.build(i, false).await?;
+                return Ok(if c.iter().all(|&b| b == 0) {
+                    None
+                } else {
+                    Some(c)
+                });
+            }
+            ChunkChange::Unchanged => {}
         }
         match self
             .reader
