@@ -123,11 +123,16 @@ impl Replica {
         }
     }
 
-    /// Stops processing (after the pass in progress).
+    /// Stops processing at once: the loop is cancelled even in the middle of storing a point
+    /// (the store is safe against that, as against a kill: chunks and manifests first, the
+    /// record last), so failover never waits for a point of a big disk to be stored; then a
+    /// `process` request in flight is waited for.
     pub async fn stop(&self) {
-        let _one = self.pass.lock().await;
-        if let Some(t) = lock(&self.task).take() {
+        let task = lock(&self.task).take();
+        if let Some(t) = task {
             t.abort();
+            let _ = t.await;
         }
+        let _one = self.pass.lock().await;
     }
 }

@@ -32,6 +32,13 @@ pub struct VaultConn {
     output: Format,
 }
 
+impl VaultConn {
+    /// `--output json`.
+    pub fn is_json(&self) -> bool {
+        self.output == Format::Json
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum Format {
     Table,
@@ -78,6 +85,12 @@ pub struct ProtectArgs {
     /// The replication policy.
     #[arg(long, default_value = "default")]
     policy: String,
+    /// vCPUs of the VM after failover (default: as defined).
+    #[arg(long)]
+    target_vcpus: Option<u32>,
+    /// Memory of the VM after failover, MiB (default: as defined).
+    #[arg(long)]
+    target_memory_mib: Option<u64>,
     /// Return at once instead of following the job.
     #[arg(long)]
     no_wait: bool,
@@ -336,7 +349,8 @@ pub fn protect(c: &VaultConn, a: ProtectArgs) -> Result<()> {
     let cl = Client::new(c)?;
     let job = cl.post(
         "/api/items",
-        json!({"vm": a.vm, "policy": a.policy, "target_region": a.target_region}),
+        json!({"vm": a.vm, "policy": a.policy, "target_region": a.target_region,
+               "target_vcpus": a.target_vcpus, "target_memory_mib": a.target_memory_mib}),
     )?;
     finish_op(&cl, job, a.no_wait)
 }
@@ -487,6 +501,13 @@ pub fn item_show(c: &VaultConn, vm: &str) -> Result<()> {
             s(i, "epoch")
         );
         println!("Active region:      {}", s(i, "active_region"));
+        if !i["target_vcpus"].is_null() || !i["target_memory_mib"].is_null() {
+            println!(
+                "Target size:        {} vCPUs, {} MiB (after failover)",
+                s(i, "target_vcpus"),
+                s(i, "target_memory_mib")
+            );
+        }
         println!("Policy:             {}", s(i, "policy"));
         println!("Synchronized:       {}%", s(i, "percent_synced"));
         println!("RPO:                {}", rpo(i));

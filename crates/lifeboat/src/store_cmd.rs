@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use lifeboat_agent::pick::{is_time, pick_point};
 use lifeboat_process::{
     format_utc_ms, open_point, parse_utc, state_at, ChunkChange, Cut, PointInTime, Processor,
@@ -19,22 +19,19 @@ use lifeboat_process::{
 use lifeboat_store::{Entry, PointRecord, Store};
 use lifeboat_types::{DiskId, Epoch, Seq, VmId};
 
-#[derive(Clone, Copy, ValueEnum)]
-pub enum Output {
-    Table,
-    Json,
-}
-
 #[derive(Args)]
 pub struct PointsArgs {
-    /// The region store (a directory path, `file:///path`, `s3://...`, `az://...`).
-    #[arg(long)]
-    store: String,
-    /// The VM.
-    #[arg(long)]
-    vm: String,
-    #[arg(long, value_enum, default_value = "table")]
-    output: Output,
+    /// A protected VM: its recovery points in its target region, through the vault.
+    name: Option<String>,
+    /// Or read a region store directly (a directory path, `file:///path`, `s3://...`,
+    /// `az://...`), with `--vm`.
+    #[arg(long, requires = "vm", conflicts_with = "name")]
+    store: Option<String>,
+    /// The VM (with `--store`).
+    #[arg(long, requires = "store")]
+    vm: Option<String>,
+    #[command(flatten)]
+    conn: crate::client::VaultConn,
 }
 
 #[derive(Args)]
@@ -149,14 +146,19 @@ fn vm_id(s: &str) -> Result<VmId> {
 }
 
 pub fn points(a: PointsArgs) -> Result<()> {
-    let store = open(&a.store)?;
-    let vm = vm_id(&a.vm)?;
+    let (store, vm) = match (&a.name, &a.store, &a.vm) {
+        (Some(name), None, None) => return crate::client::item_points(&a.conn, name),
+        (None, Some(store), Some(vm)) => (store, vm),
+        _ => bail!("give a protected VM's name (through the vault), or --store URL --vm ID"),
+    };
+    let store = open(store)?;
+    let vm = vm_id(vm)?;
     let points = runtime()?
         .block_on(store.list_points(&vm))
         .with_context(|| format!("listing the points of VM {vm}"))?;
-    match a.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&points)?),
-        Output::Table => {
+    match a.conn.is_json() {
+        true => println!("{}", serde_json::to_string_pretty(&points)?),
+        false => {
             println!(
                 "{:<28} {:<25} {:<17} {:<12} {:<8} NEW",
                 "POINT", "TIME (UTC)", "KIND", "DISKS", "FORM"

@@ -74,9 +74,33 @@ fn restored_writes(c: &Cluster, vm: &str, point: &str) -> u64 {
     r.last_seq
 }
 
+/// The command line of the QEMU running recovered VM `vm` (NUL-separated, from /proc).
+fn qemu_cmdline(vm: &str) -> String {
+    let want = format!("guest={vm}");
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(c) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let c = String::from_utf8_lossy(&c).into_owned();
+        if c.starts_with("qemu-system")
+            && c.split('\0').any(|a| a == want)
+            && c.contains("/recovered/")
+        {
+            return c;
+        }
+    }
+    panic!("no QEMU runs recovered VM {vm}");
+}
+
 /// Protects `vm` and waits until it is Protected and Healthy (RPO reported).
 fn protect_healthy(c: &Cluster, vm: &str) {
-    let job = c.json(&["protect", vm, "--target-region", "secondary"]);
+    protect_healthy_with(c, vm, &[]);
+}
+
+fn protect_healthy_with(c: &Cluster, vm: &str, extra: &[&str]) {
+    let mut args = vec!["protect", vm, "--target-region", "secondary"];
+    args.extend_from_slice(extra);
+    let job = c.json(&args);
     assert_eq!(job["status"], "succeeded", "{job}");
     let item = c.item(vm);
     assert_eq!(item["state"], "protected", "{item}");
@@ -104,7 +128,20 @@ fn protect_failover_change_point_and_commit() {
     c.cli_ok(&["vm", "start", "web"]);
     let primary = c.source_serial("primary", "web");
     wait_seq(&primary, 50, BOOT);
-    protect_healthy(&c, "web");
+    let e = c.cli_err(&[
+        "protect",
+        "web",
+        "--target-region",
+        "secondary",
+        "--target-vcpus",
+        "0",
+    ]);
+    assert!(e.contains("target_vcpus must be 1 to 255"), "{e}");
+    protect_healthy_with(
+        &c,
+        "web",
+        &["--target-vcpus", "2", "--target-memory-mib", "48"],
+    );
     let items = c.cli_ok(&["items"]);
     assert!(
         items.contains("Protected") && items.contains("healthy"),
@@ -140,6 +177,12 @@ fn protect_failover_change_point_and_commit() {
     assert_eq!(item["state"], "failed-over", "{item}");
     assert_eq!(item["active_region"], "secondary", "{item}");
     assert_eq!(item["epoch"], 2, "{item}");
+    // Sized per the item's target settings.
+    let cmdline = qemu_cmdline("web");
+    assert!(
+        cmdline.contains("-smp\x002\x00") && cmdline.contains("-m\x0048M\x00"),
+        "{cmdline:?}"
+    );
     let e = c.cli_err(&["failover", "web"]);
     assert!(e.contains("Failed over"), "{e}");
 
@@ -180,7 +223,7 @@ fn protect_failover_change_point_and_commit() {
     assert_eq!(job["status"], "succeeded", "{job}");
     let item = c.item("web");
     assert_eq!(item["state"], "failover-committed", "{item}");
-    assert_eq!(c.json(&["item", "points", "web"]), serde_json::json!([]));
+    assert_eq!(c.json(&["points", "web"]), serde_json::json!([]));
     let e = c.cli_err(&["change-recovery-point", "web", "--recovery-point", "latest"]);
     assert!(e.contains("Failover committed"), "{e}");
     // The guest goes on writing at the secondary.
@@ -353,13 +396,20 @@ fn agents_killed_with_sigkill_come_back_where_they_were() {
     c.kill_agent("primary");
     c.start_agent("primary");
     let resumed = wait_boot(&primary, 2, BOOT);
-    assert!(resumed >= before, "resumed after {resumed}, had written {before}");
+    assert!(
+        resumed >= before,
+        "resumed after {resumed}, had written {before}"
+    );
     wait_seq(&primary, resumed + 300, BOOT);
     let rpo_fresh = || {
         let i = c.item("crm");
         i["health"]["health"] == "healthy" && i["rpo_ms"].as_i64().is_some_and(|r| r < 5_000)
     };
-    wait_until(Duration::from_secs(60), "replication going on after the restart", rpo_fresh);
+    wait_until(
+        Duration::from_secs(60),
+        "replication going on after the restart",
+        rpo_fresh,
+    );
 
     // Failover, then the secondary agent dies while the recovered VM runs: restarted, it
     // reopens the recovered disks and starts the VM again; commit still works.

@@ -71,6 +71,9 @@ const MIGRATIONS: &[&str] = &[
     // 2: what the agents report: replication progress (RPO) and hydration.
     "ALTER TABLE items ADD COLUMN replicated_as_of INTEGER;
      ALTER TABLE items ADD COLUMN hydrated_percent INTEGER;",
+    // 3: the item's target settings (the VM's size after failover).
+    "ALTER TABLE items ADD COLUMN target_vcpus INTEGER;
+     ALTER TABLE items ADD COLUMN target_memory_mib INTEGER;",
 ];
 
 /// Milliseconds since 1970.

@@ -433,6 +433,18 @@ async fn resume_replica(r: &Run) -> Result<(), String> {
     Ok(())
 }
 
+/// The VM's definition as it runs after failover: sized per the item's target settings.
+fn target_definition(def: &serde_json::Value, item: &Item) -> serde_json::Value {
+    let mut d = def.clone();
+    if let Some(v) = item.target_vcpus {
+        d["vcpus"] = serde_json::json!(v);
+    }
+    if let Some(m) = item.target_memory_mib {
+        d["memory_mib"] = serde_json::json!(m);
+    }
+    d
+}
+
 /// Whether recovery-point choice `p` names a time rather than a point.
 fn is_time(p: &str) -> bool {
     p.starts_with('@') || (p.ends_with('Z') && p.contains('T'))
@@ -569,7 +581,7 @@ async fn failover_steps(r: &mut Run) -> Flow {
     create_and_start(
         r,
         &target,
-        vm.definition,
+        target_definition(&vm.definition, &item),
         store_url,
         point,
         epoch,
@@ -639,7 +651,7 @@ async fn change_point(r: &mut Run) -> Flow {
     create_and_start(
         r,
         &target,
-        vm.definition,
+        target_definition(&vm.definition, &item),
         store_url,
         point,
         epoch,

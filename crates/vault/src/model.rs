@@ -89,6 +89,12 @@ pub struct ProtectRequest {
     pub policy: String,
     /// The region to replicate to.
     pub target_region: String,
+    /// vCPUs of the VM after failover (default: as defined).
+    #[serde(default)]
+    pub target_vcpus: Option<u32>,
+    /// Memory of the VM after failover, MiB (default: as defined).
+    #[serde(default)]
+    pub target_memory_mib: Option<u64>,
 }
 
 fn default_policy() -> String {
@@ -148,6 +154,12 @@ pub struct Item {
     /// Failed over: percent of the disks made local at the target (hydration).
     #[serde(default)]
     pub hydrated_percent: Option<u8>,
+    /// vCPUs of the VM after failover (absent: as defined).
+    #[serde(default)]
+    pub target_vcpus: Option<u32>,
+    /// Memory of the VM after failover in MiB (absent: as defined).
+    #[serde(default)]
+    pub target_memory_mib: Option<u64>,
     /// Last change (ms since 1970).
     pub updated_at: i64,
 }

@@ -170,6 +170,8 @@ fn item_of(row: &Row<'_>) -> rusqlite::Result<(Item, String, Option<i64>)> {
             hydrated_percent: row
                 .get::<_, Option<i64>>(11)?
                 .map(|p| p.clamp(0, 100) as u8),
+            target_vcpus: row.get::<_, Option<i64>>(12)?.map(|v| v.max(0) as u32),
+            target_memory_mib: row.get::<_, Option<i64>>(13)?.map(|v| v.max(0) as u64),
         },
         state,
         row.get::<_, Option<i64>>(10)?,
@@ -225,7 +227,7 @@ pub(crate) fn host_of(r: &Row<'_>) -> rusqlite::Result<Host> {
 
 const ITEM_COLS: &str = "vm, state, policy, source_region, target_region, active_region, \
                          percent_synced, epoch, job, updated_at, replicated_as_of, \
-                         hydrated_percent";
+                         hydrated_percent, target_vcpus, target_memory_mib";
 
 /// Whether an item in state `s` replicates (so has an RPO).
 pub(crate) fn replicates(s: ItemState) -> bool {
@@ -611,6 +613,21 @@ impl Vault {
 
     /// Enables protection of a VM: creates its item and starts initial replication.
     pub fn protect(&self, req: &ProtectRequest) -> Result<Job, VaultError> {
+        if req.target_vcpus.is_some_and(|v| !(1..=255).contains(&v)) {
+            return Err(VaultError::BadRequest(format!(
+                "VM {}: target_vcpus must be 1 to 255",
+                req.vm
+            )));
+        }
+        if req
+            .target_memory_mib
+            .is_some_and(|m| !(16..=1 << 20).contains(&m))
+        {
+            return Err(VaultError::BadRequest(format!(
+                "VM {}: target_memory_mib must be 16 to 1048576",
+                req.vm
+            )));
+        }
         let now = now_ms();
         let vm = req.vm.clone();
         self.db.tx("protecting a VM", |tx| {
@@ -659,6 +676,17 @@ impl Vault {
                 ],
             )
             .map_err(sql("creating an item"))?;
+            tx.execute(
+                "UPDATE items SET target_vcpus = ?1, target_memory_mib = ?2 WHERE vm = ?3
+                 AND state = ?4",
+                params![
+                    req.target_vcpus.map(i64::from),
+                    req.target_memory_mib.map(|m| m as i64),
+                    req.vm,
+                    ItemState::NotProtected.as_str()
+                ],
+            )
+            .map_err(sql("setting an item's target"))?;
             Ok(())
         })?;
         self.start(
