@@ -22,7 +22,7 @@ FILLS="${FILLS:-sparse filled}"
 LB="${LIFEBOAT:-target/release/lifeboat}"
 WORKBASE="${WORKDIR:-bench/out}"
 export LIFEBOAT_ACCEL="${LIFEBOAT_ACCEL:-tcg}"
-for t in qemu-img python3 as ld; do command -v "$t" >/dev/null || { echo "$t missing (scripts/install-deps)" >&2; exit 1; }; done
+for t in qemu-img python3 as ld curl; do command -v "$t" >/dev/null || { echo "$t missing (scripts/install-deps)" >&2; exit 1; }; done
 [ -x "$LB" ] || { echo "$LB missing: cargo build --release -p lifeboat" >&2; exit 1; }
 LB="$(cd "$(dirname "$LB")" && pwd)/$(basename "$LB")"
 mkdir -p "$WORKBASE"
@@ -92,18 +92,18 @@ EOF
       job[$key]+="$(( t1 - t0 )) "
       echo "$key run $r: failover job $(( t1 - t0 )) ms, first serial output $(( t2 - t0 )) ms after the command"
       if [ "$size" = 1 ] && [ "$fillkind" = filled ] && [ "$r" = 1 ]; then
-        h0=$(ms)
+        agent=$("$LB" hosts --output json | python3 -c "import json,sys; print([h['url'] for h in json.load(sys.stdin) if h['region']=='secondary'][0])")
         for _ in $(seq 12000); do
-          p=$("$LB" item show rto --output json | python3 -c "import json,sys; print(json.load(sys.stdin).get('hydrated_percent') or 0)")
-          [ "$p" = 100 ] && break; sleep 0.05
+          st=$(curl -sf -H "Authorization: Bearer $(cat "$LIFEBOAT_TOKEN_FILE")" "$agent/agent/v1/recovered/rto")
+          if echo "$st" | python3 -c "import json,sys; sys.exit(0 if json.load(sys.stdin)['hydrated'] else 1)"; then break; fi
+          sleep 0.05
         done
-        h1=$(ms)
-        hyd_s=$(python3 -c "print(($h1-$h0)/1000)")
+        hyd_s=$(echo "$st" | python3 -c "import json,sys; print(round(json.load(sys.stdin)['hydration_secs'], 3))")
         rm -f "$work/conv.img"; sync
         c0=$(ms); qemu-img convert -f raw -O raw "$work/vm.img" "$work/conv.img"; sync; c1=$(ms)
         conv_s=$(python3 -c "print(($c1-$c0)/1000)")
         rm -f "$work/conv.img"
-        echo "1G-filled: hydrated (as reported by the agent, <= 2 s late) in $hyd_s s after the boot; qemu-img convert $conv_s s"
+        echo "1G-filled: hydration ran $hyd_s s (the agent's measure of its runs; it starts 3 s after the disks are served); qemu-img convert $conv_s s"
       fi
       stop_up
     done
@@ -122,5 +122,5 @@ PY
 done; done
 if [ -n "$hyd_s" ]; then
   echo
-  echo "Hydration of the 1 GiB filled disk after failover: $hyd_s s (reported every 2 s by the agent); qemu-img convert of the source image: $conv_s s; ratio $(python3 -c "print(f'{$conv_s/$hyd_s:.2f}')")x"
+  echo "Hydration of the 1 GiB filled disk after failover: $hyd_s s (its runs, as the agent measures them); qemu-img convert of the source image: $conv_s s; speed ratio $(python3 -c "print(f'{$conv_s/$hyd_s:.2f}')")x"
 fi

@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use lifeboat_journal::{Journal, JournalConfig};
@@ -29,6 +29,11 @@ use tokio::task::JoinHandle;
 
 use crate::state::write_json;
 use crate::vm::{self, QemuSlot};
+
+/// How long after a failed hydration run it starts again.
+pub const HYDRATION_RETRY: Duration = Duration::from_secs(5);
+/// How long after the disks are served hydration starts (the boot goes first).
+pub const HYDRATION_DELAY: Duration = Duration::from_secs(3);
 
 /// What is persisted of a recovered VM.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,7 +66,11 @@ pub struct RecoveredVm {
     state: Mutex<RecoveredState>,
     def: VmDefinition,
     disks: Vec<Arc<RecoveryDisk>>,
-    hydrations: Mutex<Vec<Hydration>>,
+    /// Per disk: its hydration run (none before the first and once hydrated) and when the
+    /// next may start.
+    hydrations: Mutex<Vec<(Option<Hydration>, Instant)>>,
+    /// Starts hydration runs (after [`HYDRATION_DELAY`], again after a failed run).
+    keeper: Mutex<Option<JoinHandle<()>>>,
     stop_tx: watch::Sender<bool>,
     server: Mutex<Option<JoinHandle<()>>>,
     /// QEMU, when it runs.
@@ -161,17 +170,13 @@ impl RecoveredVm {
             .map(|d| d.clone() as Arc<dyn lifeboat_nbd::BlockDevice>)
             .collect();
         let (stop_tx, task) = vm::serve_disks(&format!("recovered VM {vm}"), dir, devices)?;
-        let mut hydrations = Vec::new();
-        for d in &disks {
-            if !d.is_hydrated() {
-                hydrations.push(
-                    d.spawn_hydration(HydrateConfig::default())
-                        .context("starting hydration")?,
-                );
-            }
-        }
-        tracing::info!(vm = %vm, point = %state.point, "recovered VM's disks hydrate");
-        Ok(Arc::new(RecoveredVm {
+        // Hydration starts HYDRATION_DELAY after the disks are served: the VM's boot reads
+        // come first (on a small host, a full-speed copy beside a booting guest doubles the
+        // RTO), then the keeper starts and restarts runs until every disk is local.
+        let first = Instant::now() + HYDRATION_DELAY;
+        let hydrations = disks.iter().map(|_| (None, first)).collect();
+        tracing::info!(vm = %vm, point = %state.point, "recovered VM's disks served");
+        let me = Arc::new(RecoveredVm {
             vm,
             dir: dir.to_path_buf(),
             state_file: state_file.to_path_buf(),
@@ -182,7 +187,20 @@ impl RecoveredVm {
             stop_tx,
             server: Mutex::new(Some(task)),
             qemu: QemuSlot::default(),
-        }))
+            keeper: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&me);
+        *lock(&me.keeper) = Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let Some(me) = weak.upgrade() else { return };
+                me.retry_hydration();
+                if me.disks.iter().all(|d| d.is_hydrated()) {
+                    return;
+                }
+            }
+        }));
+        Ok(me)
     }
 
     /// The serial console log.
@@ -227,12 +245,36 @@ impl RecoveredVm {
         self.update(|s| s.commit_requested = true)
     }
 
+    /// Starts hydration of a disk that is not local and has no run (first start, or a run
+    /// that ended early because a store read failed), once its time has come: a failed run
+    /// is started again after [`HYDRATION_RETRY`].
+    fn retry_hydration(&self) {
+        let mut hs = lock(&self.hydrations);
+        for (d, (h, next)) in self.disks.iter().zip(hs.iter_mut()) {
+            let ended = h.as_ref().is_none_or(|h| h.is_finished());
+            if d.is_hydrated() || !ended || Instant::now() < *next {
+                continue;
+            }
+            drop(h.take());
+            match d.spawn_hydration(HydrateConfig::default()) {
+                Ok(n) => {
+                    tracing::info!(vm = %self.vm, disk = %d.disk_id(), "hydration started again");
+                    *h = Some(n);
+                }
+                Err(e) => tracing::warn!(vm = %self.vm, error = %e, "cannot restart hydration"),
+            }
+            *next = Instant::now() + HYDRATION_RETRY;
+        }
+    }
+
     /// Status (and commit, once asked for and every disk is local).
     pub async fn status(&self) -> RecoveredStatus {
         let (mut local, mut total) = (0u64, 0u64);
         let mut error = None;
+        let mut secs = 0f64;
         for d in &self.disks {
             let p = d.progress();
+            secs = secs.max(p.elapsed.as_secs_f64());
             local += p.bytes_local;
             total += p.bytes_total;
             if p.error.is_some() {
@@ -264,6 +306,7 @@ impl RecoveredVm {
                 local as f64 * 100.0 / total as f64
             },
             hydrated,
+            hydration_secs: secs,
             committed: s.committed,
             error,
         }
@@ -276,7 +319,13 @@ impl RecoveredVm {
         } else {
             let _ = vm::stop(&self.qemu, Duration::from_secs(10)).await;
         }
-        let hs: Vec<Hydration> = lock(&self.hydrations).drain(..).collect();
+        if let Some(k) = lock(&self.keeper).take() {
+            k.abort();
+        }
+        let hs: Vec<Hydration> = lock(&self.hydrations)
+            .drain(..)
+            .filter_map(|(h, _)| h)
+            .collect();
         tokio::task::spawn_blocking(move || drop(hs))
             .await
             .context("stopping hydration")?;

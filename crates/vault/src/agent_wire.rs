@@ -184,6 +184,9 @@ pub struct RecoveredStatus {
     pub hydrated_percent: f64,
     /// Every disk is local.
     pub hydrated: bool,
+    /// Seconds the hydration runs took so far (the longest disk's).
+    #[serde(default)]
+    pub hydration_secs: f64,
     /// The failover was committed: the disks are final.
     pub committed: bool,
     /// The last hydration error.
