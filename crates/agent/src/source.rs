@@ -65,8 +65,11 @@ pub struct SourceVm {
     pub qemu: QemuSlot,
 }
 
-/// The raw image files of a definition's disks (protected VMs need raw files).
-pub fn raw_images(def: &VmDefinition) -> Result<Vec<PathBuf>> {
+/// The raw image files the agent serves for a definition's disks: a raw image is served in
+/// place; a qcow2 image is imported once into `<dir>/disk<i>.raw` (`qemu-img convert`, to a
+/// temporary file renamed when complete) and the raw copy is served from then on — the qcow2
+/// file is left as it was and no longer follows the VM.
+pub fn raw_images(def: &VmDefinition, dir: &Path) -> Result<Vec<PathBuf>> {
     def.disks
         .iter()
         .enumerate()
@@ -75,13 +78,50 @@ pub fn raw_images(def: &VmDefinition) -> Result<Vec<PathBuf>> {
                 path,
                 format: ImageFormat::Raw,
             } => Ok(path.clone()),
-            _ => bail!(
-                "VM {} disk {i}: a VM the agent serves needs its disks as raw image files \
-                 (convert with `qemu-img convert -O raw`)",
+            DiskSource::File {
+                path,
+                format: ImageFormat::Qcow2,
+            } => import_qcow2(&def.name, i, path, dir),
+            DiskSource::Nbd { .. } => bail!(
+                "VM {} disk {i}: the agent serves the VM's disks itself: give a raw or qcow2 \
+                 image file, not an NBD export",
                 def.name
             ),
         })
         .collect()
+}
+
+fn import_qcow2(vm: &str, i: usize, src: &Path, dir: &Path) -> Result<PathBuf> {
+    let raw = dir.join(format!("disk{i}.raw"));
+    if raw.exists() {
+        return Ok(raw);
+    }
+    let tmp = dir.join(format!("disk{i}.raw.importing"));
+    tracing::info!(vm, disk = i, qcow2 = %src.display(), raw = %raw.display(), "importing a qcow2 disk as raw");
+    let out = std::process::Command::new("qemu-img")
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(src)
+        .arg(&tmp)
+        .output()
+        .with_context(|| {
+            format!("VM {vm} disk {i}: running qemu-img (apt-get install qemu-utils)")
+        })?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        bail!(
+            "VM {vm} disk {i}: importing qcow2 image {} failed: {}",
+            src.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("syncing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &raw).with_context(|| format!("creating {}", raw.display()))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))?;
+    Ok(raw)
 }
 
 impl SourceVm {
@@ -92,8 +132,11 @@ impl SourceVm {
         def: &VmDefinition,
         epoch: Epoch,
     ) -> Result<Arc<SourceVm>> {
-        let images = raw_images(def)?;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let (d, dd) = (def.clone(), dir.to_path_buf());
+        let images = tokio::task::spawn_blocking(move || raw_images(&d, &dd))
+            .await
+            .context("importing the disks")??;
         let jdir = dir.join("journal");
         let (v, jd) = (vm.clone(), jdir.clone());
         let (journal, disks) = tokio::task::spawn_blocking(move || -> Result<_> {

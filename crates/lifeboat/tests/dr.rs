@@ -432,3 +432,33 @@ fn agents_killed_with_sigkill_come_back_where_they_were() {
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(c.item("crm")["state"], "failover-committed");
 }
+
+#[test]
+fn a_qcow2_vm_is_imported_protected_and_failed_over() {
+    let t = tempdir();
+    let c = Cluster::up(&t.path().join("lb"));
+    let qcow2 = c.create_guest_vm_as("q", "qcow2");
+    let before = lifeboat_testkit::hash_file(&qcow2);
+    c.cli_ok(&["vm", "start", "q"]);
+    let primary = c.source_serial("primary", "q");
+    wait_seq(&primary, 50, BOOT);
+    protect_healthy(&c, "q");
+    let job = c.json(&[
+        "failover",
+        "q",
+        "--recovery-point",
+        "latest",
+        "--shutdown-source",
+        "--shutdown-timeout",
+        "1",
+    ]);
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let written = seqwriter::last_reported_seq(&serial(&primary)).expect("primary wrote");
+    let m = wait_boot(&c.recovered_serial("secondary", "q"), 2, BOOT);
+    assert!(
+        m == written || m == written + 1,
+        "resumed after {m}, wrote {written}"
+    );
+    // The qcow2 file was imported, not written: the agent served a raw copy.
+    assert_eq!(lifeboat_testkit::hash_file(&qcow2), before);
+}

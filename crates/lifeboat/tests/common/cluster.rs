@@ -243,6 +243,11 @@ impl Cluster {
     /// Creates VM `name` in the primary region: the seqwriter guest on a 64 MiB raw disk
     /// (every write printed, throttled to ~290 writes/s so TCG and the journal keep up).
     pub fn create_guest_vm(&self, name: &str) -> PathBuf {
+        self.create_guest_vm_as(name, "raw")
+    }
+
+    /// [`Cluster::create_guest_vm`] with the disk as a `format` (`raw` or `qcow2`) image.
+    pub fn create_guest_vm_as(&self, name: &str, format: &str) -> PathBuf {
         require_tool("as");
         require_tool("ld");
         let gdir = self.dir.join("guest");
@@ -261,9 +266,22 @@ impl Cluster {
             print_every: 1,
         };
         seqwriter::write_image(&image, &code, params, 64 << 20).expect("guest image");
+        let image = if format == "qcow2" {
+            let q = gdir.join(format!("{name}.qcow2"));
+            run_ok(
+                Command::new("qemu-img")
+                    .args(["convert", "-f", "raw", "-O", "qcow2"])
+                    .arg(&image)
+                    .arg(&q),
+            );
+            std::fs::remove_file(&image).expect("remove the raw image");
+            q
+        } else {
+            image
+        };
         let def = serde_json::json!({
             "name": name, "vcpus": 1, "memory_mib": 32,
-            "disks": [{"source": {"file": {"path": image, "format": "raw"}}}],
+            "disks": [{"source": {"file": {"path": image, "format": format}}}],
             "serial_log": gdir.join(format!("{name}.unused.serial")),
         });
         let def_file = gdir.join(format!("{name}.json"));
