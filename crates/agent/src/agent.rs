@@ -441,7 +441,17 @@ async fn put_source(
 ) -> ApiResult<SourceStatus> {
     vm_id(&vm)?;
     let spec: SourceSpec = body("source VM", &b)?;
-    vm::parse_definition(&vm, &spec.definition).map_err(bad)?;
+    let def = vm::parse_definition(&vm, &spec.definition).map_err(bad)?;
+    if let Some(i) = def
+        .disks
+        .iter()
+        .position(|d| matches!(d.source, lifeboat_qemu::DiskSource::Nbd { .. }))
+    {
+        return Err(bad(anyhow!(
+            "VM {vm} disk {i}: the agent serves the VM's disks itself: give a raw or qcow2 \
+             image file, not an NBD export"
+        )));
+    }
     let _one = a.ops.lock().await;
     Ok(Json(a.put_source(&vm, spec).await.map_err(failed)?))
 }
