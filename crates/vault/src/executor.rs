@@ -701,9 +701,21 @@ async fn commit(r: &mut Run) -> Flow {
         .delete_segments_through(&vm_id, Seq(u64::MAX))
         .await
         .map_err(|e| format!("deleting the journal of VM {}: {e}", r.vm))?;
+    // Their chunks: collected now unless a writer is at work in the store (then at the next
+    // `lifeboat gc`); a failed collection does not fail the commit.
+    let gc = match store.gc().await {
+        Ok(g) if g.deferred => "chunk collection deferred: a writer is at work in the store; \
+                                 `lifeboat gc` collects them later"
+            .to_string(),
+        Ok(g) => format!(
+            "{} unreferenced objects collected ({} too young, kept)",
+            g.deleted.len(),
+            g.kept_young
+        ),
+        Err(e) => format!("chunk collection failed ({e}); `lifeboat gc` collects them later"),
+    };
     r.done(&format!(
-        "{} recovery points and {segments} journal segments deleted; their chunks go at the \
-         next `lifeboat gc`",
+        "{} recovery points and {segments} journal segments deleted; {gc}",
         points.len()
     ));
     Ok(())
