@@ -9,7 +9,7 @@ use lifeboat_journal::Record;
 use lifeboat_store::{PointMeta, PointOrigin, PointRecord, Store, StoreError};
 use lifeboat_types::{CheckpointKind, DiskId, Epoch, RecordKind, Seq, VmId};
 
-use crate::plan::{points_to_store, PointView};
+use crate::plan::{app_points_to_store, chain_due, points_to_store, PointView, StoreRule};
 
 /// Errors while making recovery points.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +106,18 @@ pub enum ProcessError {
         /// The budget.
         budget_mib: u64,
     },
+    /// A journal-backed point whose journal is not all stored any more.
+    #[error("journal-backed point {point} of VM {vm} is read as stored point {base} plus the journal up to it, but journal record {missing} is no longer in the region store (released by retention, or its segment is missing): choose another point")]
+    JournalGone {
+        /// The VM.
+        vm: VmId,
+        /// The point.
+        point: String,
+        /// The stored point it is read from.
+        base: String,
+        /// The first record not found.
+        missing: Seq,
+    },
     /// A seed image could not be read.
     #[error("reading disk image {path} for initial replication")]
     Image {
@@ -154,11 +166,13 @@ pub struct CopyOptions<'a> {
 /// Makes recovery points for one VM in one store. Share one processor (`Arc`) between the
 /// processing and storing loops: points it stores become the bases of the points it cuts next.
 pub struct Processor {
-    store: Store,
-    vm: VmId,
+    pub(crate) store: Store,
+    pub(crate) vm: VmId,
     /// Point records already read, by id: a record changes only when this processor (the VM's
     /// only one) stores it, so each is read from the store once.
     records: std::sync::Mutex<BTreeMap<String, PointRecord>>,
+    /// The chunks touched since the newest stored point (see the `chain` module).
+    pub(crate) tracker: tokio::sync::Mutex<crate::chain::Tracker>,
 }
 
 /// The chunks touched since the base, each with its records in journal order.
@@ -174,6 +188,7 @@ impl Processor {
             store,
             vm,
             records: std::sync::Mutex::new(BTreeMap::new()),
+            tracker: tokio::sync::Mutex::new(crate::chain::Tracker::default()),
         }
     }
 
@@ -184,7 +199,7 @@ impl Processor {
     }
 
     /// The VM's points, oldest first: one listing, and only records not read before.
-    async fn points(&self) -> Result<Vec<PointRecord>, ProcessError> {
+    pub(crate) async fn points(&self) -> Result<Vec<PointRecord>, ProcessError> {
         let se = |e| self.store_err(e);
         let ids = self.store.list_point_ids(&self.vm).await.map_err(se)?;
         let missing: Vec<String> = {
@@ -255,7 +270,7 @@ impl Processor {
         Ok((newest, base))
     }
 
-    fn store_err(&self, source: StoreError) -> ProcessError {
+    pub(crate) fn store_err(&self, source: StoreError) -> ProcessError {
         ProcessError::Store {
             vm: self.vm.clone(),
             source: Box::new(source),
@@ -532,15 +547,68 @@ impl Processor {
         Ok(stored)
     }
 
-    /// Stores the journal-backed points that are due ([`crate::points_to_store`] with the
-    /// crash-consistent `interval`), oldest first; returns them in their stored form.
+    /// Stores the journal-backed points that are due, oldest first; returns them in their
+    /// stored form.
+    ///
+    /// * `interval` zero: **every** point is stored as it is cut (the eager rule,
+    ///   [`crate::points_to_store`]: every marker point and the newest "latest" point), as
+    ///   tools and tests that want stored points ask (`lifeboat process --store-secs 0`).
+    /// * otherwise: the product's rule, [`Processor::store_due_with`] with
+    ///   [`StoreRule::default`] and `interval` as [`StoreRule::min_interval`] (no point is stored
+    ///   by age or cost less than `interval` after its base): app-consistent points, and the
+    ///   newest journal-backed point once its base is 12 h old, reading it would index a
+    ///   quarter of [`crate::INDEX_BUDGET`], or keeping its journal over a 24 h retention costs
+    ///   more than storing it. Callers that know the VM's policy use
+    ///   [`Processor::store_due_with`] and [`StoreRule::for_policy`].
+    ///
+    /// Until issue 3 a non-zero `interval` meant "store every marker point, and the newest
+    /// "latest" point once per `interval`": every point was stored, at many times the bytes
+    /// written. Calling this every few seconds is cheap: the records since the last call are
+    /// read once (see the `chain` module).
     pub async fn store_due(&self, interval: Duration) -> Result<Vec<PointRecord>, ProcessError> {
+        if interval.is_zero() {
+            let points = self.points().await?;
+            let views: Vec<PointView> = points.iter().filter_map(PointView::of).collect();
+            let mut out = Vec::new();
+            for id in points_to_store(&views, interval) {
+                if let Some(p) = points.iter().find(|p| p.id == id) {
+                    out.push(self.store_point(p).await?);
+                }
+            }
+            return Ok(out);
+        }
+        self.store_due_with(&StoreRule {
+            min_interval: interval,
+            ..StoreRule::default()
+        })
+        .await
+    }
+
+    /// Stores what `rule` says is due (see [`crate::chain_due`]): every journal-backed
+    /// app-consistent point (if the rule says so), then the newest journal-backed point if its
+    /// chain is due. Returns the points stored, in their stored form, oldest first.
+    pub async fn store_due_with(&self, rule: &StoreRule) -> Result<Vec<PointRecord>, ProcessError> {
         let points = self.points().await?;
         let views: Vec<PointView> = points.iter().filter_map(PointView::of).collect();
         let mut out = Vec::new();
-        for id in points_to_store(&views, interval) {
+        for id in app_points_to_store(&views, rule) {
             if let Some(p) = points.iter().find(|p| p.id == id) {
+                tracing::info!(vm = %self.vm, point = %p.id, "storing an app-consistent point");
                 out.push(self.store_point(p).await?);
+            }
+        }
+        let Some(chain) = self.newest_chain().await? else {
+            return Ok(out);
+        };
+        if let Some(reason) = chain_due(&chain, rule) {
+            if let Some(p) = self
+                .points()
+                .await?
+                .into_iter()
+                .find(|p| p.id == chain.point)
+            {
+                tracing::info!(vm = %self.vm, point = %p.id, base = %chain.base, %reason, "storing a recovery point");
+                out.push(self.store_point(&p).await?);
             }
         }
         Ok(out)
