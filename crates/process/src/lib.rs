@@ -28,11 +28,12 @@
 //! a point now), at the last record received.
 //!
 //! [`Processor::store_point`] turns a journal-backed point into a stored one: from the newest
-//! stored point before it, each chunk the records touch is read, the records are applied in
-//! journal order (trims are zeroes: points are deterministic), and the chunk is stored; records
-//! are held in memory only up to a budget, then applied, so memory is bounded however far
-//! apart the points are. The record is then *replaced* by the stored form (the only record the
-//! store ever overwrites; readers of either form read the same bytes).
+//! stored point before it, the records are indexed by the chunks they touch (as a reader does,
+//! see Reading), each touched chunk is built — the base's chunk with its records applied in
+//! journal order (trims are zeroes: points are deterministic) — in batches of 128 MiB, one
+//! pass over the segments each, and stored once; memory is bounded however far apart the
+//! points are. The record is then *replaced* by the stored form (the only record the store
+//! ever overwrites; readers of either form read the same bytes).
 //!
 //! [`Processor::store_due_with`] stores what the **store rule** ([`StoreRule`], see the `plan`
 //! module) says is due: every app-consistent point; and the newest journal-backed point when
