@@ -650,9 +650,18 @@ async fn main() {
         .map(|(p, i)| (p, i.as_slice()))
         .chain([(&last, model.as_slice())])
     {
-        let now = store.get_point(&vm, &point.id).await.expect("point kept");
+        let now = match store.get_point(&vm, &point.id).await {
+            Ok(p) => p,
+            // Thinned (points further apart than the 2 h keep-all window allows).
+            Err(lifeboat_store::StoreError::PointNotFound { .. }) if journal_mode => {
+                eprintln!("point {} was dropped by retention: not restored", point.id);
+                continue;
+            }
+            Err(e) => panic!("point {}: {e}", point.id),
+        };
         restored.push(check_restore(&store, &vm, &now, image, cs).await);
     }
+    assert!(restored.len() >= 2, "the newest points are always kept");
     for r in &restored {
         eprintln!("restored byte for byte: {r}");
     }
