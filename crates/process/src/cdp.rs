@@ -402,6 +402,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reads_take_the_run_of_segments_that_holds_their_target() {
+        let seg = |a: u64, b: u64| SegmentRef {
+            first_seq: Seq(a),
+            last_seq: Seq(b),
+            key: format!("{a}-{b}"),
+            size: 1,
+        };
+        // Runs 1..=20, 31..=50 (a hole at 21..=30), 51..=60 touching the last.
+        let segs = vec![
+            seg(1, 10),
+            seg(11, 20),
+            seg(31, 40),
+            seg(41, 50),
+            seg(51, 60),
+        ];
+        let keys = |r: &[SegmentRef]| r.iter().map(|s| s.key.clone()).collect::<Vec<_>>();
+        let first = keys(&segs[..2]);
+        let last = keys(&segs[2..]);
+        assert_eq!(keys(island(&segs, Target::Time(UNIX_EPOCH))), last);
+        for q in [0, 1, 15, 20] {
+            assert_eq!(keys(island(&segs, Target::Seq(Seq(q)))), first, "{q}");
+        }
+        // A point just before a run (its base) reads from that run.
+        for q in [30, 31, 60] {
+            assert_eq!(keys(island(&segs, Target::Seq(Seq(q)))), last, "{q}");
+        }
+        // Inside the hole or past the end: the last run (the window), which refuses or ends.
+        for q in [25, 99] {
+            assert_eq!(keys(island(&segs, Target::Seq(Seq(q)))), last, "{q}");
+        }
+        assert!(island(&[], Target::Seq(Seq(3))).is_empty());
+    }
+
+    #[test]
     fn utc_times_parse_and_format() {
         let t = parse_utc("2026-11-27T12:31:01.250Z").unwrap();
         assert_eq!(
