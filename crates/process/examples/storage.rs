@@ -476,6 +476,14 @@ async fn main() {
         StoreConfig {
             chunk_size: cs as u32,
             fsync,
+            // Journal mode: what retention drops is collected at once (one process, no other
+            // writer), so the bytes counted are what the store keeps, not garbage in its grace
+            // period.
+            gc_grace: if journal_mode {
+                Duration::ZERO
+            } else {
+                StoreConfig::default().gc_grace
+            },
             ..StoreConfig::default()
         },
     )
