@@ -31,9 +31,12 @@
 //! retention period and `S` the cost of one stored point, keeps about `H + X/2 + (H/X) × S`;
 //! that is smallest at `X² ≈ H × S`. Estimating `H` from the chain's own rate,
 //! `H = J × R / Δt`, turns `J² ≥ H × S` into rule 4. A VM whose journal over the retention is
-//! small next to its disk is stored rarely (the journal is the cheaper history); one whose
-//! journal dwarfs its disk is stored about once per disk's worth of changes. With `Δt = R`
-//! the rule is the classic "store once the journal costs as much as storing".
+//! small next to what storing costs is stored rarely (the journal is the cheaper history, and
+//! rule 3 bounds the chain); one whose journal dwarfs it is stored every `√(H × S)` bytes of
+//! journal. With `Δt = R` the rule is the classic "store once the journal costs as much as
+//! storing". `S` counts whole chunks: with 4 MiB chunks and writes spread over the disk a
+//! stored point costs about the whole disk, which is what keeps a steady state past the
+//! retention above the unique data written (bench/RESULTS.md, issue 3).
 //!
 //! [`points_to_store`] is the eager rule of before (every marker point, and the newest "latest"
 //! point once per interval), still what [`crate::Processor::store_due`] does with a zero
