@@ -74,10 +74,13 @@ pub struct ProcessArgs {
     follow: bool,
     #[arg(long, default_value_t = 1000)]
     every_ms: u64,
-    /// Store journal-backed points (write their chunks): every marker point, and the newest
-    /// "latest" point once it is this many seconds after the last stored one (the policy's
-    /// crash-consistent interval). 0: store every point as it is cut. With --follow this runs
-    /// beside the processing loop, so cutting points never waits for it.
+    /// When to store journal-backed points (write their chunks). 0: store every point as it is
+    /// cut. Otherwise the store rule (`lifeboat_process::StoreRule`, 24 h retention), with no
+    /// point stored by age or cost sooner than this many seconds after its base:
+    /// app-consistent points, and the newest point once its base is 12 h old, its journal
+    /// would need a quarter of a reader's index budget, or keeping its journal over the
+    /// retention costs more than storing it. With --follow this runs beside the processing
+    /// loop, so cutting points never waits for it.
     #[arg(long, default_value_t = 300.0)]
     store_secs: f64,
 }

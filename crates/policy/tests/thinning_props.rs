@@ -155,7 +155,15 @@ fn check_plan<'a>(
     );
     assert!(plan.future.is_empty());
 
-    let newest = (0..store.len()).max_by_key(|&i| (store[i].time, &store[i].id));
+    // The newest point as `points_to_keep` ranks a tie at the same instant: app-consistent
+    // first, then the greatest id.
+    let newest = (0..store.len()).max_by_key(|&i| {
+        (
+            store[i].time,
+            store[i].kind == CheckpointKind::AppConsistent,
+            &store[i].id,
+        )
+    });
     if let Some(n) = newest {
         assert!(
             decisions[n].is_none(),

@@ -23,18 +23,33 @@
 //!    `vms/*/points/`; journal segments (`vms/*/segments/`, the CDP window, never pruned here)
 //!    are reported but not counted.
 //!
+//! MODE=journal follows the product's path instead (issue 3): the markers are stamped ROUND_SECS
+//! apart (virtual time: the seed ROUND_SECS × POINTS before now, so that with the default 60 s
+//! every point stays inside the policy's 2 h keep-all window and the reference, over all the
+//! points, is what the store must keep); after each round the processor cuts the point
+//! journal-backed, stores what `Processor::store_due_with(StoreRule::for_policy(policy))` says is
+//! due, and `apply_retention` runs at the round's time under the default policy (24 h retention,
+//! 1 h CDP window) with ROUND_SECS as its crash-consistent interval. Store bytes then count the
+//! journal segments retention keeps as well: they are what the journal-backed points are made
+//! of. When retention dropped points (points further apart than the 2 h keep-all window
+//! allows), the reference is also computed over the kept points alone, read back through
+//! `open_point`: what an ideal store keeping the same points would keep.
+//!
 //! At the end, three points chosen in advance are restored (`open_point` +
-//! `PointInTime::read_disk_chunk`) and compared with snapshots of the model, and `Store::verify`
-//! must be clean; the example panics otherwise.
+//! `PointInTime::read_disk_chunks`, 256 MiB at a time) and compared with snapshots of the model, and `Store::verify`
+//! must be clean; the example panics otherwise. MODE=journal also restores the newest point (the
+//! furthest from its base) and two more late points, and reports for each its form and how
+//! much journal it is read through.
 //!
 //! ```sh
 //! cargo build --release -p lifeboat-process --examples
 //! CHUNK_KIB=1024 target/release/examples/storage
 //! ```
 //!
-//! Environment: CHUNK_KIB (4096), DISK_MIB (1024), POINTS (120), ROUND_MIB (8), SEED (1),
-//! FSYNC (1: the store fsyncs every object, as by default), WORKDIR (the system temp dir),
-//! HEADER (1: print the table header before the row).
+//! Environment: MODE (stored: every point stored, as before issue 3; journal: the product's
+//! path), CHUNK_KIB (4096), DISK_MIB (1024), POINTS (120), ROUND_MIB (8), ROUND_SECS (60, journal
+//! mode), SEED (1), FSYNC (1: the store fsyncs every object, as by default), WORKDIR (the system
+//! temp dir), HEADER (1: print the table header before the row).
 //! Stdout: one markdown table row; stderr: progress and a breakdown.
 
 use std::collections::{BTreeSet, HashSet};
@@ -42,7 +57,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use lifeboat_journal::{Journal, JournalConfig};
-use lifeboat_process::{open_point, Cut, Processor};
+use lifeboat_policy::ReplicationPolicy;
+use lifeboat_process::{apply_retention, open_point, Cut, Processor, StoreRule};
 use lifeboat_ship::Shipper;
 use lifeboat_store::{PointRecord, Store, StoreConfig};
 use lifeboat_types::{CheckpointKind, DiskId, Epoch, Seq, VmId};
@@ -350,26 +366,86 @@ fn initial_disk(rng: &mut Rng, size: usize) -> Vec<u8> {
     disk
 }
 
-/// Restores `point` through `open_point` and compares every chunk with `expect`.
-async fn check_restore(store: &Store, vm: &VmId, point: &PointRecord, expect: &[u8], cs: usize) {
-    let pit = open_point(store, vm, point).await.expect("open point");
-    let chunks = expect.len().div_ceil(cs);
-    for i in 0..chunks {
-        let got = pit
-            .read_disk_chunk(store, DISK, i as u64)
-            .await
-            .expect("read chunk");
-        let want = &expect[i * cs..((i + 1) * cs).min(expect.len())];
-        if got != want {
-            let at = got.iter().zip(want).position(|(a, b)| a != b);
-            panic!(
-                "point {}: chunk {i} differs from the model (first differing byte {at:?}, lengths {} vs {})",
-                point.id,
-                got.len(),
-                want.len()
-            );
+/// The reference over the points the store kept: every distinct non-zero 4 KiB block of their
+/// images, read back through `open_point` (what an ideal store keeping the same points keeps).
+async fn kept_reference(store: &Store, vm: &VmId, kept: &[PointRecord], cs: usize) -> u64 {
+    let mut r = Reference::new();
+    for p in kept.iter().filter(|p| p.is_restorable()) {
+        let pit = open_point(store, vm, p).await.expect("open a kept point");
+        let size = p.disk(DISK).expect("the bench disk").size as usize;
+        let all: Vec<u64> = (0..size.div_ceil(cs) as u64).collect();
+        for batch in all.chunks(((256 * MIB) / cs).max(1)) {
+            for chunk in pit
+                .read_disk_chunks(store, DISK, batch)
+                .await
+                .expect("read a kept point")
+            {
+                for b in chunk.chunks(BLOCK) {
+                    r.note_block(b);
+                }
+            }
         }
     }
+    r.bytes
+}
+
+/// Restores `point` through `open_point` and compares every chunk with `expect`, by BLAKE3
+/// hash of the whole image too; describes how it was read.
+async fn check_restore(
+    store: &Store,
+    vm: &VmId,
+    point: &PointRecord,
+    expect: &[u8],
+    cs: usize,
+) -> String {
+    let t = Instant::now();
+    let pit = open_point(store, vm, point).await.expect("open point");
+    let mut hasher = blake3::Hasher::new();
+    let chunks = expect.len().div_ceil(cs);
+    // Built in batches, each one pass over the journal segments it needs (as `lifeboat
+    // restore` does): one chunk at a time would read the whole journal per chunk once it
+    // outgrows the segment cache.
+    let per_batch = ((256 * MIB) / cs).max(1);
+    let all: Vec<u64> = (0..chunks as u64).collect();
+    for batch in all.chunks(per_batch) {
+        let built = pit
+            .read_disk_chunks(store, DISK, batch)
+            .await
+            .expect("read chunks");
+        for (&i, got) in batch.iter().zip(built) {
+            let i = i as usize;
+            let want = &expect[i * cs..((i + 1) * cs).min(expect.len())];
+            hasher.update(&got);
+            if got != want {
+                let at = got.iter().zip(want).position(|(a, b)| a != b);
+                panic!(
+                    "point {}: chunk {i} differs from the model (first differing byte {at:?}, lengths {} vs {})",
+                    point.id,
+                    got.len(),
+                    want.len()
+                );
+            }
+        }
+    }
+    assert_eq!(
+        hasher.finalize(),
+        blake3::hash(expect),
+        "point {}: image hash differs from the model",
+        point.id
+    );
+    format!(
+        "{} ({}, base {}, {} records and {} chunks since it, {:.1} s)",
+        point.id,
+        if point.is_journal_backed() {
+            "journal-backed"
+        } else {
+            "stored"
+        },
+        pit.base.id,
+        pit.records,
+        pit.touched_count(),
+        t.elapsed().as_secs_f64()
+    )
 }
 
 #[tokio::main]
@@ -381,6 +457,12 @@ async fn main() {
     let seed = env_or("SEED", 1);
     let fsync = env_or("FSYNC", 1) != 0;
     let header = env_or("HEADER", 1) != 0;
+    let journal_mode = match std::env::var("MODE").as_deref() {
+        Ok("journal") => true,
+        Ok("stored") | Err(_) => false,
+        Ok(m) => panic!("MODE={m:?}: expected stored or journal"),
+    };
+    let round_secs = env_or("ROUND_SECS", 60);
     let cs = chunk_kib * KIB;
     assert!(points >= 3, "POINTS must be at least 3");
     assert!(disk_size >= 16 * MIB, "DISK_MIB must be at least 16");
@@ -394,6 +476,14 @@ async fn main() {
         StoreConfig {
             chunk_size: cs as u32,
             fsync,
+            // Journal mode: what retention drops is collected at once (one process, no other
+            // writer), so the bytes counted are what the store keeps, not garbage in its grace
+            // period.
+            gc_grace: if journal_mode {
+                Duration::ZERO
+            } else {
+                StoreConfig::default().gc_grace
+            },
             ..StoreConfig::default()
         },
     )
@@ -409,6 +499,23 @@ async fn main() {
     let hot_len = (disk_size / 10) / BLOCK * BLOCK;
     let hot_start = rng.range(0, ((disk_size - hot_len) / BLOCK) as u64) as usize * BLOCK;
     let hot = (hot_start, hot_start + hot_len);
+    if journal_mode {
+        // The newest point (the furthest from its base) and two more late ones.
+        check_rounds.extend([points, points - 1, points - points / 4]);
+    }
+    // Journal mode: virtual time, the seed `points` rounds before now.
+    let round_dur = Duration::from_secs(round_secs);
+    let t0 = SystemTime::now() - round_dur * points as u32;
+    let policy = ReplicationPolicy {
+        crash_consistent_interval: round_dur,
+        ..ReplicationPolicy::default()
+    };
+    let rule = StoreRule::for_policy(&policy);
+    if journal_mode {
+        policy
+            .validate()
+            .expect("ROUND_SECS: a valid crash-consistent interval");
+    }
 
     // 1. Seed.
     let mut model = initial_disk(&mut rng, disk_size);
@@ -426,7 +533,7 @@ async fn main() {
             &[(DISK, img.as_path())],
             Seq(0),
             Epoch(1),
-            SystemTime::now(),
+            if journal_mode { t0 } else { SystemTime::now() },
         )
         .await
         .expect("seed");
@@ -453,8 +560,10 @@ async fn main() {
     let mut written = 0u64;
     let mut zeroed = 0u64;
     let mut snapshots: Vec<(PointRecord, Vec<u8>)> = Vec::new();
+    let mut last_point: Option<PointRecord> = None;
     let mut buf = vec![0u8; MIB];
     let mut touched: Vec<bool> = vec![false; disk_size / BLOCK];
+    let (mut stored_points, mut dropped_points, mut deleted_segments) = (0usize, 0usize, 0usize);
     for r in 1..=points {
         let ops = round_ops(&mut rng, disk_size, hot, round);
         let mut blocks: Vec<usize> = Vec::new();
@@ -487,8 +596,13 @@ async fn main() {
                 }
             }
         }
+        let round_time = if journal_mode {
+            t0 + round_dur * r as u32
+        } else {
+            SystemTime::now()
+        };
         journal
-            .append_checkpoint(CheckpointKind::CrashConsistent, SystemTime::now())
+            .append_checkpoint(CheckpointKind::CrashConsistent, round_time)
             .expect("append marker");
         journal.seal().expect("seal");
         shipper
@@ -497,19 +611,54 @@ async fn main() {
             .expect("ship segment");
         let cut = processor.process(Cut::AtMarkers).await.expect("process");
         assert_eq!(cut.points.len(), 1, "round {r}: one point cut");
-        let stored = processor.store_due(Duration::ZERO).await.expect("store");
-        assert_eq!(stored.len(), 1, "round {r}: one point stored");
-        let point = stored.into_iter().next().expect("stored point");
-        assert!(!point.is_journal_backed(), "round {r}: point stored");
+        let point = if journal_mode {
+            let stored = processor.store_due_with(&rule).await.expect("store");
+            for p in &stored {
+                eprintln!(
+                    "round {r}: point {} stored: {} new chunks ({} MiB)",
+                    p.id,
+                    p.new_chunks,
+                    mib(p.new_bytes)
+                );
+            }
+            stored_points += stored.len();
+            let ret = apply_retention(&store, &vm, &policy, round_time)
+                .await
+                .expect("retention");
+            dropped_points += ret.dropped.len();
+            deleted_segments += ret.segments_deleted;
+            cut.points.into_iter().next().expect("cut point")
+        } else {
+            let stored = processor.store_due(Duration::ZERO).await.expect("store");
+            assert_eq!(stored.len(), 1, "round {r}: one point stored");
+            let point = stored.into_iter().next().expect("stored point");
+            assert!(!point.is_journal_backed(), "round {r}: point stored");
+            point
+        };
 
         for b in blocks {
             touched[b] = false;
             reference.note_block(&model[b * BLOCK..(b + 1) * BLOCK]);
         }
-        if check_rounds.contains(&r) {
+        if check_rounds.contains(&r) && r != points {
             snapshots.push((point.clone(), model.clone()));
         }
-        if r % 10 == 0 || r == points {
+        if r == points {
+            last_point = Some(point.clone());
+        }
+        if journal_mode && (r % 10 == 0 || r == points) {
+            eprintln!(
+                "round {r}/{points}: {:.0} s, point {} ({}), {} stored so far",
+                started.elapsed().as_secs_f64(),
+                point.id,
+                if point.is_journal_backed() {
+                    "journal-backed"
+                } else {
+                    "stored"
+                },
+                stored_points
+            );
+        } else if r % 10 == 0 || r == points {
             eprintln!(
                 "round {r}/{points}: {:.0} s, point {} added {} chunks ({} MiB)",
                 started.elapsed().as_secs_f64(),
@@ -522,10 +671,32 @@ async fn main() {
     let wall = started.elapsed().as_secs_f64();
     let sb = StoreBytes::of(&store).await;
 
-    // Correctness.
+    let chain = processor.newest_chain().await.expect("chain");
+    let kept = store.list_points(&vm).await.expect("list points");
+
+    // Correctness: the points as the store has them now (a point may have been stored since).
     let t = Instant::now();
-    for (point, image) in &snapshots {
-        check_restore(&store, &vm, point, image, cs).await;
+    let mut restored = Vec::new();
+    let last = last_point.expect("last point");
+    for (point, image) in snapshots
+        .iter()
+        .map(|(p, i)| (p, i.as_slice()))
+        .chain([(&last, model.as_slice())])
+    {
+        let now = match store.get_point(&vm, &point.id).await {
+            Ok(p) => p,
+            // Thinned (points further apart than the 2 h keep-all window allows).
+            Err(lifeboat_store::StoreError::PointNotFound { .. }) if journal_mode => {
+                eprintln!("point {} was dropped by retention: not restored", point.id);
+                continue;
+            }
+            Err(e) => panic!("point {}: {e}", point.id),
+        };
+        restored.push(check_restore(&store, &vm, &now, image, cs).await);
+    }
+    assert!(restored.len() >= 2, "the newest points are always kept");
+    for r in &restored {
+        eprintln!("restored byte for byte: {r}");
     }
     let report = store.verify().await.expect("verify");
     assert!(
@@ -535,7 +706,11 @@ async fn main() {
     );
     eprintln!(
         "restored points {:?} (rounds {:?}) byte for byte; verify: {} objects, {} chunks, {} points, {} segments, none bad ({:.0} s)",
-        snapshots.iter().map(|(p, _)| p.seq).collect::<Vec<_>>(),
+        snapshots
+            .iter()
+            .map(|(p, _)| p.seq)
+            .chain([last.seq])
+            .collect::<Vec<_>>(),
         check_rounds,
         report.objects,
         report.chunks,
@@ -565,8 +740,56 @@ async fn main() {
         reference.seen.len()
     );
 
-    let added_store = sb.counted() - after_seed.counted();
     let added_ref = reference.bytes - seed_ref;
+    if journal_mode {
+        let jb = kept.iter().filter(|p| p.is_journal_backed()).count();
+        eprintln!(
+            "points kept {} ({} journal-backed, {} stored), stored during the run {stored_points}, dropped {dropped_points}; segments deleted {deleted_segments}; newest chain: {:?}",
+            kept.len(),
+            jb,
+            kept.len() - jb,
+            chain
+        );
+        let total = sb.counted() + sb.segments.0;
+        let added = total - after_seed.counted();
+        // With every point kept the reference is already theirs; else read the kept ones.
+        let kept_ref = if dropped_points == 0 {
+            reference.bytes
+        } else {
+            let t = Instant::now();
+            let b = kept_reference(&store, &vm, &kept, cs).await;
+            eprintln!(
+                "reference over the {} kept points: {} MiB ({:.0} s)",
+                kept.len(),
+                mib(b),
+                t.elapsed().as_secs_f64()
+            );
+            b
+        };
+        if header {
+            println!("| chunk | points kept (journal-backed) | stored during the run | guest written (MiB) | unique compressed, reference (MiB) | chunks+pages+roots+records (MiB) | journal segments kept (MiB) | store total (MiB) | ratio | ratio, rounds only | reference, kept points (MiB) | ratio to it | wall (s) |");
+            println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        }
+        println!(
+            "| {} KiB | {} ({}) | {} | {} | {} | {} | {} | {} | **{:.2}** | {:.2} | {} | **{:.2}** | {:.0} |",
+            chunk_kib,
+            kept.len(),
+            jb,
+            stored_points,
+            mib(written),
+            mib(reference.bytes),
+            mib(sb.counted()),
+            mib(sb.segments.0),
+            mib(total),
+            total as f64 / reference.bytes as f64,
+            added as f64 / added_ref as f64,
+            mib(kept_ref),
+            total as f64 / kept_ref as f64,
+            wall
+        );
+        return;
+    }
+    let added_store = sb.counted() - after_seed.counted();
     if header {
         println!("| chunk | points | guest written (MiB) | unique compressed, reference (MiB) | store: chunks+pages+roots+records (MiB) | ratio | ratio, rounds only | journal segments (MiB) | wall (s) |");
         println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");

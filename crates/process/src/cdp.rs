@@ -241,8 +241,9 @@ pub async fn state_at_within(
     if points.is_empty() {
         return Err(ProcessError::NoBase { vm: vm.clone() });
     }
-    let segments = store.list_segments(vm).await.map_err(se)?;
-    let s = scan(store, vm, &segments, &points, target)
+    let all_segments = store.list_segments(vm).await.map_err(se)?;
+    let segments = island(&all_segments, target);
+    let s = scan(store, vm, segments, &points, target)
         .await?
         .ok_or_else(|| ProcessError::NoJournal { vm: vm.clone() })?;
     // The oldest stored point that stored records continue from.
@@ -312,52 +313,127 @@ pub async fn state_at_within(
         .cloned()
         .ok_or_else(|| before(format!("journal record {seq}")))?;
     let mut pit = PointInTime::on_base(vm, base, seq, time, after_last);
-    index_journal(store, vm, &segments, &mut pit, budget).await?;
+    index_journal(store, vm, segments, &mut pit, budget).await?;
     Ok(pit)
 }
 
+/// The run of stored segments without a hole that `target` is read from. Retention releases
+/// the journal nothing kept needs, so the stored journal may have holes: the last run is the
+/// continuous-data-protection window (and any time target is read there); a position is read
+/// from the run that holds it (or whose first record follows it), else from the last run.
+fn island(segments: &[SegmentRef], target: Target) -> &[SegmentRef] {
+    let mut runs: Vec<&[SegmentRef]> = Vec::new();
+    let mut start = 0;
+    for i in 1..=segments.len() {
+        let hole = segments
+            .get(i)
+            .is_none_or(|s| s.first_seq.0 > segments[i - 1].last_seq.0.saturating_add(1));
+        if hole {
+            runs.push(&segments[start..i]);
+            start = i;
+        }
+    }
+    let last = runs.last().copied().unwrap_or(&[]);
+    match target {
+        Target::Time(_) => last,
+        Target::Seq(q) => runs
+            .iter()
+            .copied()
+            .find(|r| match (r.first(), r.last()) {
+                (Some(f), Some(l)) => f.first_seq.0.saturating_sub(1) <= q.0 && q <= l.last_seq,
+                _ => false,
+            })
+            .unwrap_or(last),
+    }
+}
+
 /// A reader of recovery point `point`: a stored point is read through its roots, a
-/// journal-backed one through its base and the stored journal ([`state_at`] its position). An
-/// initial copy taken while the VM wrote is refused: it is not a consistent state.
+/// journal-backed one through the newest stored point before it and the stored journal from
+/// there to its position (which retention keeps for as long as the point is kept, however old
+/// its base: [`crate::plan_retention`]). An initial copy taken while the VM wrote is refused:
+/// it is not a consistent state. A journal-backed point whose journal is no longer all stored
+/// is refused with [`ProcessError::JournalGone`].
 pub async fn open_point(
     store: &Store,
     vm: &VmId,
     point: &PointRecord,
 ) -> Result<PointInTime, ProcessError> {
+    let not_restorable = |p: &PointRecord| ProcessError::NotRestorable {
+        vm: vm.clone(),
+        point: p.id.clone(),
+        copy_end: Seq(p.copy_end.unwrap_or(p.seq)),
+    };
     if !point.is_restorable() {
-        return Err(ProcessError::NotRestorable {
+        return Err(not_restorable(point));
+    }
+    if !point.is_journal_backed() {
+        return Ok(PointInTime::on_base(
+            vm,
+            point.clone(),
+            point.seq(),
+            point.time(),
+            false,
+        ));
+    }
+    let se = |e| store_err(vm, e);
+    let points = store.list_points(vm).await.map_err(se)?;
+    let base = crate::processor::stored_base(&points, point.seq())
+        .cloned()
+        .ok_or_else(|| ProcessError::NoBase { vm: vm.clone() })?;
+    if base.copy_end.is_some_and(|e| e > point.seq) {
+        return Err(not_restorable(&base));
+    }
+    let segments = store.list_segments(vm).await.map_err(se)?;
+    let mut pit = PointInTime::on_base(vm, base.clone(), point.seq(), point.time(), false);
+    match index_journal(store, vm, &segments, &mut pit, INDEX_BUDGET).await {
+        Ok(()) => Ok(pit),
+        Err(ProcessError::Gap { expected, .. }) => Err(ProcessError::JournalGone {
             vm: vm.clone(),
             point: point.id.clone(),
-            copy_end: Seq(point.copy_end.unwrap_or(point.seq)),
-        });
+            base: base.id.clone(),
+            missing: expected,
+        }),
+        Err(e) => Err(e),
     }
-    if point.is_journal_backed() {
-        let pit = state_at(store, vm, Target::Seq(point.seq())).await?;
-        if pit.seq != point.seq() {
-            // The journal ends before the point: its segments are gone.
-            return Err(ProcessError::Gap {
-                vm: vm.clone(),
-                expected: pit.seq.next(),
-                found: point.seq(),
-            });
-        }
-        return Ok(PointInTime {
-            time: point.time(),
-            ..pit
-        });
-    }
-    Ok(PointInTime::on_base(
-        vm,
-        point.clone(),
-        point.seq(),
-        point.time(),
-        false,
-    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_take_the_run_of_segments_that_holds_their_target() {
+        let seg = |a: u64, b: u64| SegmentRef {
+            first_seq: Seq(a),
+            last_seq: Seq(b),
+            key: format!("{a}-{b}"),
+            size: 1,
+        };
+        // Runs 1..=20, 31..=50 (a hole at 21..=30), 51..=60 touching the last.
+        let segs = vec![
+            seg(1, 10),
+            seg(11, 20),
+            seg(31, 40),
+            seg(41, 50),
+            seg(51, 60),
+        ];
+        let keys = |r: &[SegmentRef]| r.iter().map(|s| s.key.clone()).collect::<Vec<_>>();
+        let first = keys(&segs[..2]);
+        let last = keys(&segs[2..]);
+        assert_eq!(keys(island(&segs, Target::Time(UNIX_EPOCH))), last);
+        for q in [0, 1, 15, 20] {
+            assert_eq!(keys(island(&segs, Target::Seq(Seq(q)))), first, "{q}");
+        }
+        // A point just before a run (its base) reads from that run.
+        for q in [30, 31, 60] {
+            assert_eq!(keys(island(&segs, Target::Seq(Seq(q)))), last, "{q}");
+        }
+        // Inside the hole or past the end: the last run (the window), which refuses or ends.
+        for q in [25, 99] {
+            assert_eq!(keys(island(&segs, Target::Seq(Seq(q)))), last, "{q}");
+        }
+        assert!(island(&[], Target::Seq(Seq(3))).is_empty());
+    }
 
     #[test]
     fn utc_times_parse_and_format() {

@@ -14,7 +14,11 @@
 //!   records reaching the store: this is what keeps the lag to a processed point under a
 //!   second (bench/rpo.sh).
 //! * **stored**: its own roots, index pages and chunks (shared with other points where
-//!   unchanged). Reading it needs no journal, so it outlives the journal's retention.
+//!   unchanged). Reading it needs no journal.
+//!
+//! Most points stay journal-backed for their whole life: the journal (zstd-wrapped as stored)
+//! is close to the unique data written, while storing a point rewrites every chunk its records
+//! touched, whole. A point is stored only when the store rule says so (below).
 //!
 //! [`Processor::process`] reads the stored segments after the newest point, checks that the
 //! sequence numbers run without a gap (a point is never cut from an incomplete journal) and
@@ -24,13 +28,24 @@
 //! a point now), at the last record received.
 //!
 //! [`Processor::store_point`] turns a journal-backed point into a stored one: from the newest
-//! stored point before it, each chunk the records touch is read, the records are applied in
-//! journal order (trims are zeroes: points are deterministic), and the chunk is stored; records
-//! are held in memory only up to a budget, then applied, so memory is bounded however far
-//! apart the points are. The record is then *replaced* by the stored form (the only record the
-//! store ever overwrites; readers of either form read the same bytes). [`Processor::store_due`]
-//! stores what [`points_to_store`] plans: every marker point, and the newest "latest" point
-//! once it is the policy's crash-consistent interval after the last stored one.
+//! stored point before it, the records are indexed by the chunks they touch (as a reader does,
+//! see Reading), each touched chunk is built — the base's chunk with its records applied in
+//! journal order (trims are zeroes: points are deterministic) — in batches of 128 MiB, one
+//! pass over the segments each, and stored once; memory is bounded however far apart the
+//! points are. The record is then *replaced* by the stored form (the only record the store
+//! ever overwrites; readers of either form read the same bytes).
+//!
+//! [`Processor::store_due_with`] stores what the **store rule** ([`StoreRule`], see the `plan`
+//! module) says is due: every app-consistent point; and the newest journal-backed point when
+//! indexing its journal would take a quarter of a reader's budget ([`INDEX_BUDGET`]), when its
+//! base is [`StoreRule::max_chain_age`] old (12 h by default), or when keeping its journal over
+//! the retention costs more than storing it — `J × min(Δt, R) / R ≥ S`, with `J` the stored
+//! journal bytes since its base, `Δt` the time since its base, `R` the retention and `S` the
+//! chunks touched since the base times the store's mean stored chunk size ([`chain_due`]); the
+//! processor keeps the touched chunks since its newest stored point, so asking is cheap.
+//! [`Processor::store_due`]`(interval)` is that rule with `interval` as the minimum spacing
+//! (and a 24 h retention); a zero interval stores every point as it is cut
+//! ([`points_to_store`]).
 //!
 //! Every journal prefix is a crash-consistent state of the VM (one journal, one order, for all
 //! its disks), so a point at any record position is a valid crash-consistent point.
@@ -61,10 +76,14 @@
 //!
 //! ## Retention
 //!
-//! [`apply_retention`] acts on [`plan_retention`] (pure): ASR's thinning and the policy's
-//! retention; journal-backed "latest" points only inside the CDP window; the stored base of
-//! every kept journal-backed point pinned; the journal kept from the oldest record any kept
-//! point or any time in the window needs; then the chunks nothing references are collected.
+//! [`apply_retention`] acts on [`plan_retention`] (pure): journal-backed "latest" points only
+//! inside the CDP window; ASR's thinning and the policy's retention over the other points; the
+//! base of every kept journal-backed point pinned, and the journal from its base to its
+//! position kept, however old (beyond the CDP window too); the journal kept from the stored
+//! point the window starts from; every segment none of whose records is kept deleted (so the
+//! stored journal may have holes, between the last kept point of a base and the next base:
+//! readers take the run of segments they need); then the chunks nothing references are
+//! collected.
 //!
 //! Crash safety: a journal-backed point is one create-only put; a stored point is committed
 //! record-last by the store, so a processor killed mid-way leaves at most unreferenced chunks
@@ -72,6 +91,7 @@
 //! One processor per VM at a time (the store's writer lease).
 
 mod cdp;
+mod chain;
 mod lag;
 mod overlay;
 mod plan;
@@ -83,7 +103,10 @@ pub use cdp::{
 };
 pub use lag::{percentile, record_lags, Lags};
 pub use overlay::{ChunkChange, PointInTime, SegmentCacheStats, SEGMENT_CACHE_BYTES};
-pub use plan::{plan_retention, points_to_store, PointView, RetentionPlan};
+pub use plan::{
+    app_points_to_store, chain_due, plan_retention, points_to_store, Chain, PointView,
+    RetentionPlan, StoreReason, StoreRule, DEFAULT_MAX_CHAIN_AGE, JOURNAL_END,
+};
 pub use processor::{CopyOptions, Cut, ProcessError, ProcessReport, Processor, Progress};
 pub use retention::{apply_retention, RetentionReport};
 

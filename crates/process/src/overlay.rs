@@ -35,11 +35,11 @@ use crate::ProcessError;
 pub const SEGMENT_CACHE_BYTES: u64 = 256 << 20;
 
 /// Memory the index of one chunk takes (its map entry and vector), as the budget counts it.
-const CHUNK_COST: u64 = 96;
+pub(crate) const CHUNK_COST: u64 = 96;
 /// Memory one record reference takes (8 bytes, and the spare capacity of its vector).
-const REF_COST: u64 = 16;
+pub(crate) const REF_COST: u64 = 16;
 /// Memory one segment named by the index takes (its key and range).
-const SEGMENT_COST: u64 = 160;
+pub(crate) const SEGMENT_COST: u64 = 160;
 
 /// A VM's state at one journal position: a base point plus the chunks the journal changed
 /// since, built on demand (see the module doc). Clones share the base's readers, the index and

@@ -2,11 +2,58 @@
 //! and journal records retention keeps. No I/O: [`crate::Processor`] and
 //! [`crate::apply_retention`] act on these plans, and the tests here drive them with synthetic
 //! points.
+//!
+//! ## When a point is stored ([`app_points_to_store`], [`chain_due`])
+//!
+//! Points are cut journal-backed. Storing one (writing every chunk the journal changed since
+//! its base) costs about `touched chunks × stored chunk size`: with 4 MiB chunks and small
+//! writes that is many times the bytes written, so most points stay journal-backed and the
+//! store keeps, for them, the journal from their base. A point is stored when:
+//!
+//! 1. it is **app-consistent** ([`StoreRule::store_app_consistent`], on by default): the points
+//!    operators restore most, kept longest by thinning, and read then without any journal;
+//! 2. the **index** of the journal since the base would take a quarter of what a reader may
+//!    use ([`StoreRule::max_chain_index_bytes`], [`crate::INDEX_BUDGET`] / 4): reading any
+//!    kept point then never runs into [`crate::ProcessError::TooFarFromBase`];
+//! 3. the base is **older than** [`StoreRule::max_chain_age`] (12 h by default): the journal a
+//!    restore replays stays bounded in time, and a base is never pinned for ever;
+//! 4. storing is **cheaper over the retention**: with `J` the stored journal bytes from the base
+//!    to the point, `Δt` the time between them, `R` the retention and `S` what storing adds
+//!    (chunks touched since the base × the store's mean stored chunk size),
+//!    `J × min(Δt, R) / R ≥ S`.
+//!
+//! Rules 3 and 4 apply only to the newest journal-backed point, and only once it is
+//! [`StoreRule::min_interval`] after its base (rule 2 ignores that: memory comes first).
+//!
+//! Why rule 4: in a steady state the store keeps the journal of the whole retention (every kept
+//! journal-backed point needs the journal from its base) plus, per stored point, the chunks
+//! changed since the previous one. Storing every `X` journal bytes, with `H` the journal of one
+//! retention period and `S` the cost of one stored point, keeps about `H + X/2 + (H/X) × S`;
+//! that is smallest at `X² ≈ H × S`. Estimating `H` from the chain's own rate,
+//! `H = J × R / Δt`, turns `J² ≥ H × S` into rule 4. A VM whose journal over the retention is
+//! small next to what storing costs is stored rarely (the journal is the cheaper history, and
+//! rule 3 bounds the chain); one whose journal dwarfs it is stored every `√(H × S)` bytes of
+//! journal. With `Δt = R` the rule is the classic "store once the journal costs as much as
+//! storing". `S` counts whole chunks: with 4 MiB chunks and writes spread over the disk a
+//! stored point costs about the whole disk, which is what keeps a steady state past the
+//! retention above the unique data written (bench/RESULTS.md, issue 3).
+//!
+//! [`points_to_store`] is the eager rule of before (every marker point, and the newest "latest"
+//! point once per interval), still what [`crate::Processor::store_due`] does with a zero
+//! interval ("store every point").
+//!
+//! ## What retention keeps ([`plan_retention`])
+//!
+//! Thinning decides which points are kept; a kept journal-backed point then pins its base and
+//! every journal record from its base to its position, whatever its age; the journal after the
+//! newest kept stored point at or before the start of the CDP window is kept too (any instant
+//! of the window, and points not cut yet). Everything else goes: the stored journal may then
+//! have holes, between the last kept point of a base and the next base.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
-use lifeboat_policy::{points_to_keep, PointMeta, ReplicationPolicy};
+use lifeboat_policy::{points_to_keep, PointMeta, ReplicationPolicy, DEFAULT_RETENTION};
 use lifeboat_store::{PointOrigin, PointRecord};
 use lifeboat_types::{CheckpointKind, Seq};
 
@@ -44,11 +91,179 @@ impl PointView {
     }
 }
 
-/// The journal-backed points to store, oldest first: every point cut at a checkpoint marker
-/// (the policy's crash-consistent interval, app-consistent points), and the newest "latest"
-/// point once it is `interval` or more after the newest point stored or to be stored before
-/// it. The other "latest" points stay journal-backed: cheap, and kept only inside the
-/// continuous-data-protection window ([`plan_retention`]).
+/// When [`crate::Processor::store_due_with`] stores a journal-backed point (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreRule {
+    /// No point is stored by age or cost less than this after its base (default 5 min, the
+    /// policy's default crash-consistent interval).
+    pub min_interval: Duration,
+    /// The newest journal-backed point is stored once its base is this old (default 12 h).
+    pub max_chain_age: Duration,
+    /// The newest journal-backed point is stored once indexing the journal since its base
+    /// would take this much memory (default [`crate::INDEX_BUDGET`] / 4).
+    pub max_chain_index_bytes: u64,
+    /// The retention the cost rule weighs against (the policy's; default 24 h).
+    pub retention: Duration,
+    /// Store every app-consistent point (default on).
+    pub store_app_consistent: bool,
+}
+
+/// Default [`StoreRule::max_chain_age`]: 12 hours.
+pub const DEFAULT_MAX_CHAIN_AGE: Duration = Duration::from_secs(12 * 3600);
+
+impl Default for StoreRule {
+    fn default() -> Self {
+        StoreRule {
+            min_interval: Duration::from_secs(300),
+            max_chain_age: DEFAULT_MAX_CHAIN_AGE,
+            max_chain_index_bytes: crate::INDEX_BUDGET / 4,
+            retention: DEFAULT_RETENTION,
+            store_app_consistent: true,
+        }
+    }
+}
+
+impl StoreRule {
+    /// The default rule weighed against `policy`'s retention.
+    pub fn for_policy(policy: &ReplicationPolicy) -> Self {
+        StoreRule {
+            retention: policy.retention,
+            max_chain_age: DEFAULT_MAX_CHAIN_AGE.min(policy.retention),
+            ..StoreRule::default()
+        }
+    }
+}
+
+/// The journal from the newest stored point to the newest journal-backed point after it, as
+/// the processor measures it for [`chain_due`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    /// The newest journal-backed point (the one rules 2 to 4 may store).
+    pub point: String,
+    /// Its time.
+    pub point_time: SystemTime,
+    /// Its base: the newest stored point before it.
+    pub base: String,
+    /// The base's time.
+    pub base_time: SystemTime,
+    /// Bytes of the stored segments holding the records from the base to the point (as
+    /// stored: what keeping them costs).
+    pub journal_bytes: u64,
+    /// Chunks the records touched.
+    pub touched_chunks: u64,
+    /// Estimated stored (compressed) size of one chunk.
+    pub chunk_bytes: u64,
+    /// Estimated memory of the index a reader builds for the point.
+    pub index_bytes: u64,
+}
+
+impl Chain {
+    /// Time from the base to the point.
+    pub fn age(&self) -> Duration {
+        self.point_time
+            .duration_since(self.base_time)
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// Bytes storing the point would add (an estimate).
+    pub fn store_bytes(&self) -> u64 {
+        self.touched_chunks.saturating_mul(self.chunk_bytes)
+    }
+
+    /// The journal bytes rule 4 weighs: `J × min(Δt, R) / R`.
+    pub fn weighted_journal_bytes(&self, retention: Duration) -> u64 {
+        let r = retention.as_millis();
+        if r == 0 {
+            return self.journal_bytes;
+        }
+        let t = self.age().as_millis().min(r);
+        u64::try_from(u128::from(self.journal_bytes) * t / r).unwrap_or(u64::MAX)
+    }
+}
+
+/// Why a point is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreReason {
+    /// Stored by the eager rule ([`points_to_store`]).
+    Eager,
+    /// An app-consistent point.
+    AppConsistent,
+    /// The index of the journal since the base reached the bound (bytes).
+    ChainIndex(u64),
+    /// The base reached the maximum age.
+    ChainAge(Duration),
+    /// Storing is cheaper over the retention: weighted journal bytes, bytes storing adds.
+    Cheaper {
+        /// `J × min(Δt, R) / R`.
+        weighted_journal: u64,
+        /// Touched chunks × stored chunk size.
+        store: u64,
+    },
+}
+
+impl std::fmt::Display for StoreReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreReason::Eager => f.write_str("every point is stored"),
+            StoreReason::AppConsistent => f.write_str("app-consistent"),
+            StoreReason::ChainIndex(b) => {
+                write!(f, "reading it would index {} MiB of journal", b >> 20)
+            }
+            StoreReason::ChainAge(d) => write!(f, "its base is {} s old", d.as_secs()),
+            StoreReason::Cheaper {
+                weighted_journal,
+                store,
+            } => write!(
+                f,
+                "keeping its journal over the retention ({weighted_journal} B weighted) costs \
+                 more than storing it (~{store} B)"
+            ),
+        }
+    }
+}
+
+/// Rule 1: the journal-backed app-consistent points to store, oldest first (none when
+/// [`StoreRule::store_app_consistent`] is off). The initial copy is never among them.
+pub fn app_points_to_store(points: &[PointView], rule: &StoreRule) -> Vec<String> {
+    if !rule.store_app_consistent {
+        return Vec::new();
+    }
+    let mut v: Vec<&PointView> = points
+        .iter()
+        .filter(|p| {
+            p.journal_backed
+                && p.kind == CheckpointKind::AppConsistent
+                && p.origin != PointOrigin::InitialCopy
+        })
+        .collect();
+    v.sort_by_key(|p| p.seq);
+    v.into_iter().map(|p| p.id.clone()).collect()
+}
+
+/// Rules 2 to 4: whether the chain's point is to be stored, and why.
+pub fn chain_due(chain: &Chain, rule: &StoreRule) -> Option<StoreReason> {
+    if chain.index_bytes >= rule.max_chain_index_bytes {
+        return Some(StoreReason::ChainIndex(chain.index_bytes));
+    }
+    let age = chain.age();
+    if age < rule.min_interval {
+        return None;
+    }
+    if age >= rule.max_chain_age {
+        return Some(StoreReason::ChainAge(age));
+    }
+    let weighted_journal = chain.weighted_journal_bytes(rule.retention);
+    let store = chain.store_bytes();
+    (weighted_journal >= store && chain.touched_chunks > 0).then_some(StoreReason::Cheaper {
+        weighted_journal,
+        store,
+    })
+}
+
+/// The eager rule: every journal-backed point cut at a checkpoint marker, and the newest
+/// "latest" point once it is `interval` or more after the newest point stored or to be stored
+/// before it, oldest first. [`crate::Processor::store_due`] uses it with a zero interval
+/// ("store every point"); the rule of the product is [`app_points_to_store`] and [`chain_due`].
 pub fn points_to_store(points: &[PointView], interval: Duration) -> Vec<String> {
     let mut sorted: Vec<&PointView> = points.iter().collect();
     sorted.sort_by_key(|p| p.seq);
@@ -89,21 +304,36 @@ pub struct RetentionPlan {
     pub drop: Vec<(String, String)>,
     /// Points whose time is in the future (clock skew): kept, worth a warning.
     pub future: Vec<String>,
-    /// Journal segments wholly at or before this record may be deleted.
-    pub segments_through: Option<Seq>,
+    /// Journal records kept, as inclusive ranges `(first, last)` in order, merged; a range
+    /// ending at `Seq(u64::MAX)` runs to the end of the journal. A stored segment none of whose
+    /// records is in a range may be deleted ([`RetentionPlan::keeps_records`]).
+    pub journal: Vec<(Seq, Seq)>,
 }
+
+impl RetentionPlan {
+    /// Whether any record `first..=last` (a segment's) is kept.
+    pub fn keeps_records(&self, first: Seq, last: Seq) -> bool {
+        self.journal.iter().any(|(a, b)| *a <= last && first <= *b)
+    }
+}
+
+/// The end of the journal, in [`RetentionPlan::journal`].
+pub const JOURNAL_END: Seq = Seq(u64::MAX);
 
 /// Plans retention of `points` under `policy` at `now`:
 ///
-/// 1. ASR's thinning and the policy's retention ([`points_to_keep`]);
-/// 2. journal-backed "latest" points older than the CDP window are dropped (beyond the window
-///    only stored points are kept: the journal that backs them is released);
-/// 3. the stored base of every kept journal-backed point is kept (pinned), whatever step 1
-///    said, since the point is read through it;
-/// 4. journal records are kept after the newest kept stored point older than the window (so
-///    any time inside the window can be rebuilt), after the newest kept stored point, and
-///    after the base of every kept journal-backed point: segments wholly at or before the
-///    smallest of these may go.
+/// 1. journal-backed "latest" points older than the CDP window are dropped (they are cut every
+///    processing pass; beyond the window only marker points and stored points are kept), and
+///    take no part in thinning;
+/// 2. ASR's thinning and the policy's retention ([`points_to_keep`]) over the others;
+/// 3. the base of every kept journal-backed point (the one its record names, else the newest
+///    stored point before it) is kept (pinned), whatever step 2 said: the point is read
+///    through it;
+/// 4. journal records are kept from its base to its position for every kept journal-backed
+///    point, and from the newest kept stored point at or before the start of the CDP window to
+///    the end (so any time inside the window can be rebuilt, and points not cut yet can be); if
+///    thinning kept no stored point that old, the newest stored point that old is pinned; with
+///    none at all, the whole journal is kept.
 pub fn plan_retention(
     points: &[PointView],
     policy: &ReplicationPolicy,
@@ -111,38 +341,31 @@ pub fn plan_retention(
 ) -> RetentionPlan {
     let mut sorted: Vec<&PointView> = points.iter().collect();
     sorted.sort_by_key(|p| p.seq);
-    let metas: Vec<PointMeta> = sorted
-        .iter()
-        .map(|p| PointMeta {
-            id: p.id.clone(),
-            time: p.time,
-            kind: p.kind,
-        })
-        .collect();
-    let thin = points_to_keep(&metas, policy, now);
     let window_start = now
         .checked_sub(policy.cdp_window)
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    let mut keep: BTreeSet<String> = thin.keep.iter().cloned().collect();
-    let mut drop: Vec<(String, String)> = thin
-        .drop
-        .iter()
-        .map(|(id, r)| (id.clone(), r.to_string()))
-        .collect();
+    let mut drop: Vec<(String, String)> = Vec::new();
+    let mut metas: Vec<PointMeta> = Vec::new();
     for p in &sorted {
-        if p.journal_backed
-            && p.origin == PointOrigin::Latest
-            && p.time < window_start
-            && keep.remove(&p.id)
-        {
+        if p.journal_backed && p.origin == PointOrigin::Latest && p.time < window_start {
             drop.push((
                 p.id.clone(),
-                "journal-backed point older than the continuous-data-protection window".to_string(),
+                "journal-backed \"latest\" point older than the continuous-data-protection window"
+                    .to_string(),
             ));
+        } else {
+            metas.push(PointMeta {
+                id: p.id.clone(),
+                time: p.time,
+                kind: p.kind,
+            });
         }
     }
-    // Pin the base of every kept journal-backed point: the one its record names (readers may
-    // use a newer stored point, but the record must stay true), else the newest stored one.
+    let thin = points_to_keep(&metas, policy, now);
+    let mut keep: BTreeSet<String> = thin.keep.iter().cloned().collect();
+    drop.extend(thin.drop.iter().map(|(id, r)| (id.clone(), r.to_string())));
+    // The base of a journal-backed point: the one its record names (readers may use a newer
+    // stored point, but the record must stay true), else the newest stored one before it.
     let base_of = |p: &PointView| {
         let recorded = p
             .base
@@ -157,48 +380,63 @@ pub fn plan_retention(
             })
             .map(|b| (b.id.clone(), b.seq))
     };
-    let mut bases = Vec::new();
-    for p in sorted
+    let mut journal: Vec<(Seq, Seq)> = Vec::new();
+    let kept_jb: Vec<&PointView> = sorted
         .iter()
+        .copied()
         .filter(|p| p.journal_backed && keep.contains(&p.id))
-    {
-        if let Some(b) = base_of(p) {
-            bases.push(b);
+        .collect();
+    for p in kept_jb {
+        match base_of(p) {
+            Some((id, seq)) => {
+                journal.push((seq.next(), p.seq));
+                if keep.insert(id.clone()) {
+                    drop.retain(|(d, _)| *d != id);
+                }
+            }
+            // Unreadable without a base; keep what it might need.
+            None => journal.push((Seq(0), p.seq)),
         }
     }
-    for (id, _) in &bases {
-        if keep.insert(id.clone()) {
-            drop.retain(|(d, _)| d != id);
+    // The window is read from the newest kept stored point at or before its start; if thinning
+    // kept none, the newest stored point there is pinned.
+    let stored_before_window = |kept_only: bool| {
+        sorted.iter().rev().find(|p| {
+            !p.journal_backed && p.time <= window_start && (!kept_only || keep.contains(&p.id))
+        })
+    };
+    let window_base = match stored_before_window(true).or_else(|| stored_before_window(false)) {
+        Some(b) => {
+            let (id, seq) = (b.id.clone(), b.seq);
+            if keep.insert(id.clone()) {
+                drop.retain(|(d, _)| *d != id);
+            }
+            seq.next()
         }
-    }
-    let kept_stored = || {
-        sorted
-            .iter()
-            .filter(|p| !p.journal_backed && keep.contains(&p.id))
+        None => Seq(0),
     };
-    let newest_stored = kept_stored().map(|p| p.seq).max();
-    let before_window = kept_stored()
-        .filter(|p| p.time <= window_start)
-        .map(|p| p.seq)
-        .max();
-    let oldest_base = bases.iter().map(|(_, s)| *s).min();
-    let segments_through = match (before_window, newest_stored) {
-        (Some(b), Some(n)) => Some(
-            [Some(b), Some(n), oldest_base]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(b),
-        ),
-        _ => None,
-    };
+    journal.push((window_base, JOURNAL_END));
     drop.sort();
     RetentionPlan {
         keep,
         drop,
         future: thin.future,
-        segments_through,
+        journal: merge_ranges(journal),
     }
+}
+
+/// Sorts inclusive ranges and merges those that overlap or touch.
+fn merge_ranges(mut v: Vec<(Seq, Seq)>) -> Vec<(Seq, Seq)> {
+    v.retain(|(a, b)| a <= b);
+    v.sort();
+    let mut out: Vec<(Seq, Seq)> = Vec::with_capacity(v.len());
+    for (a, b) in v {
+        match out.last_mut() {
+            Some(last) if a.0 <= last.1 .0.saturating_add(1) => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -278,7 +516,7 @@ mod tests {
         assert!(plan.keep.contains(&ids(&[50])[0]));
         assert!(!plan.keep.contains(&ids(&[40])[0]));
         // Journal: after 30 (the newest stored point older than the window).
-        assert_eq!(plan.segments_through, Some(Seq(30)));
+        assert_eq!(plan.journal, vec![(Seq(31), JOURNAL_END)]);
         for (id, _) in &plan.drop {
             assert!(!plan.keep.contains(id));
         }
@@ -297,7 +535,7 @@ mod tests {
         assert!(plan.keep.contains(&ids(&[10])[0]), "{plan:?}");
         assert!(plan.drop.is_empty(), "{plan:?}");
         // The journal after the base stays.
-        assert_eq!(plan.segments_through, Some(Seq(10)));
+        assert_eq!(plan.journal, vec![(Seq(11), JOURNAL_END)]);
 
         // The base a record names is the one pinned, even with a newer stored point before it.
         let mut jb = p(30, 24 * 60 * MIN - 5, true, Marker);
@@ -307,7 +545,7 @@ mod tests {
         assert!(plan.keep.contains(&ids(&[10])[0]), "{plan:?}");
         assert_eq!(plan.drop.len(), 1, "{plan:?}");
         assert_eq!(plan.drop[0].0, ids(&[20])[0]);
-        assert_eq!(plan.segments_through, Some(Seq(10)));
+        assert_eq!(plan.journal, vec![(Seq(11), JOURNAL_END)]);
     }
 
     #[test]
@@ -317,7 +555,273 @@ mod tests {
         let now = UNIX_EPOCH + Duration::from_secs(1_000_000 + 30 * MIN);
         let pts = vec![p(10, 0, false, InitialCopy), p(20, 10 * MIN, true, Latest)];
         let plan = plan_retention(&pts, &policy, now);
-        assert_eq!(plan.segments_through, None);
+        assert_eq!(plan.journal, vec![(Seq(0), JOURNAL_END)]);
+        assert!(plan.keeps_records(Seq(0), Seq(5)));
         assert_eq!(plan.keep.len(), 2);
+    }
+
+    const MIB: u64 = 1 << 20;
+    const HOUR: u64 = 3600;
+
+    fn chain(age_secs: u64, journal: u64, touched: u64, index: u64) -> Chain {
+        let t = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        Chain {
+            point: "p".into(),
+            point_time: t + Duration::from_secs(age_secs),
+            base: "b".into(),
+            base_time: t,
+            journal_bytes: journal,
+            touched_chunks: touched,
+            chunk_bytes: 2 * MIB,
+            index_bytes: index,
+        }
+    }
+
+    #[test]
+    fn a_chain_is_stored_when_keeping_its_journal_over_the_retention_costs_more() {
+        let rule = StoreRule::default(); // 5 min .. 12 h, retention 24 h
+                                         // 100 MiB of journal over 6 h weighs 25 MiB against a 24 h retention.
+        let c = chain(6 * HOUR, 100 * MIB, 10, 0);
+        assert_eq!(c.weighted_journal_bytes(rule.retention), 25 * MIB);
+        assert_eq!(
+            chain_due(&c, &rule),
+            Some(StoreReason::Cheaper {
+                weighted_journal: 25 * MIB,
+                store: 20 * MIB
+            })
+        );
+        // Storing 13 chunks (26 MiB) costs more: stays journal-backed.
+        assert_eq!(chain_due(&chain(6 * HOUR, 100 * MIB, 13, 0), &rule), None);
+        // The same journal written in 1 h weighs 1/24 of it.
+        assert_eq!(chain_due(&chain(HOUR, 100 * MIB, 10, 0), &rule), None);
+        assert!(chain_due(&chain(HOUR, 500 * MIB, 10, 0), &rule).is_some());
+        // Nothing touched: nothing to gain by storing.
+        assert_eq!(chain_due(&chain(6 * HOUR, 100 * MIB, 0, 0), &rule), None);
+        // A zero retention weighs the journal whole (the classic break-even).
+        let r0 = StoreRule {
+            retention: Duration::ZERO,
+            ..rule.clone()
+        };
+        assert!(chain_due(&chain(600, 20 * MIB, 10, 0), &r0).is_some());
+        assert_eq!(chain_due(&chain(600, 19 * MIB, 10, 0), &r0), None);
+    }
+
+    #[test]
+    fn age_and_index_bound_the_chain_and_the_minimum_interval_holds_cost_and_age() {
+        let rule = StoreRule::default();
+        // Cheap to store, but younger than the minimum interval.
+        assert_eq!(chain_due(&chain(299, 10_000 * MIB, 1, 0), &rule), None);
+        // Expensive to store, but the base is 12 h old.
+        assert_eq!(
+            chain_due(&chain(12 * HOUR, MIB, 1000, 0), &rule),
+            Some(StoreReason::ChainAge(Duration::from_secs(12 * HOUR)))
+        );
+        assert_eq!(chain_due(&chain(12 * HOUR - 1, MIB, 1000, 0), &rule), None);
+        // The index bound wins even inside the minimum interval.
+        let big = rule.max_chain_index_bytes;
+        assert_eq!(
+            chain_due(&chain(1, MIB, 1000, big), &rule),
+            Some(StoreReason::ChainIndex(big))
+        );
+        assert_eq!(chain_due(&chain(1, MIB, 1000, big - 1), &rule), None);
+        // A policy's retention shortens the maximum age and weighs the cost.
+        let short = ReplicationPolicy {
+            retention: Duration::from_secs(2 * HOUR),
+            ..ReplicationPolicy::default()
+        };
+        let r = StoreRule::for_policy(&short);
+        assert_eq!(r.max_chain_age, Duration::from_secs(2 * HOUR));
+        assert_eq!(r.retention, Duration::from_secs(2 * HOUR));
+        assert!(chain_due(&chain(HOUR, 100 * MIB, 20, 0), &r).is_some());
+        assert!(chain_due(&chain(HOUR, 100 * MIB, 20, 0), &rule).is_none());
+    }
+
+    #[test]
+    fn app_consistent_journal_backed_points_are_stored() {
+        use PointOrigin::*;
+        let mut a = p(20, 60, true, Marker);
+        a.kind = CheckpointKind::AppConsistent;
+        a.id = "00000000000000000020-app".into();
+        let mut stored_app = p(10, 0, false, Marker);
+        stored_app.kind = CheckpointKind::AppConsistent;
+        let pts = vec![
+            stored_app,
+            p(15, 30, true, Marker),
+            a.clone(),
+            p(25, 90, true, Latest),
+        ];
+        assert_eq!(app_points_to_store(&pts, &StoreRule::default()), vec![a.id]);
+        let off = StoreRule {
+            store_app_consistent: false,
+            ..StoreRule::default()
+        };
+        assert!(app_points_to_store(&pts, &off).is_empty());
+    }
+
+    /// A point at `mins` minutes (an hour-aligned start), position `seq`.
+    fn at(seq: u64, mins: u64, jb: bool, base: Option<u64>) -> PointView {
+        PointView {
+            id: format!("{seq:020}-crash"),
+            seq: Seq(seq),
+            time: UNIX_EPOCH + Duration::from_secs(1000 * HOUR + mins * MIN),
+            kind: CheckpointKind::CrashConsistent,
+            journal_backed: jb,
+            origin: PointOrigin::Marker,
+            base: base.map(|b| format!("{b:020}-crash")),
+        }
+    }
+
+    /// Stored points at 0 and 330 min; journal-backed marker points every 30 min on the newest
+    /// stored point before them (position = minutes).
+    fn two_bases() -> Vec<PointView> {
+        let mut pts = vec![at(0, 0, false, None), at(330, 330, false, None)];
+        for m in (30..=600).step_by(30) {
+            if m != 330 {
+                pts.push(at(m, m, true, Some(if m < 330 { 0 } else { 330 })));
+            }
+        }
+        pts
+    }
+
+    fn now_at(mins: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1000 * HOUR + mins * MIN)
+    }
+
+    #[test]
+    fn kept_journal_backed_points_keep_exactly_the_journal_from_their_base() {
+        let pts = two_bases();
+        let policy = ReplicationPolicy::default(); // 24 h, CDP 1 h, every point of 2 h
+        let plan = plan_retention(&pts, &policy, now_at(600));
+        // Older than 2 h (before 480 min): one point per hour, the newest of its hour.
+        let kept: Vec<u64> = pts
+            .iter()
+            .filter(|p| plan.keep.contains(&p.id))
+            .map(|p| p.seq.0)
+            .collect::<BTreeSet<u64>>()
+            .into_iter()
+            .collect();
+        assert_eq!(
+            kept,
+            vec![0, 30, 90, 150, 210, 270, 330, 390, 450, 480, 510, 540, 570, 600]
+        );
+        // 0 lost its hour to 30, but 30 .. 270 are read through it: pinned.
+        assert!(
+            !plan.drop.iter().any(|(id, _)| id == &ids(&[0])[0]),
+            "{plan:?}"
+        );
+        // Records 1..=270 for the points on 0; 331.. for those on 330 and the window.
+        assert_eq!(
+            plan.journal,
+            vec![(Seq(1), Seq(270)), (Seq(331), JOURNAL_END)]
+        );
+        assert!(plan.keeps_records(Seq(260), Seq(280)));
+        assert!(!plan.keeps_records(Seq(271), Seq(330)));
+        assert!(plan.keeps_records(Seq(300), Seq(331)));
+        assert!(!plan.keeps_records(Seq(0), Seq(0)));
+        for (id, _) in &plan.drop {
+            assert!(!plan.keep.contains(id));
+        }
+    }
+
+    #[test]
+    fn dropping_the_points_of_a_base_releases_their_journal_and_the_base() {
+        let pts = two_bases();
+        let policy = ReplicationPolicy {
+            retention: Duration::from_secs(6 * HOUR),
+            ..ReplicationPolicy::default()
+        };
+        // At 600 min: 270 (330 min old) still needs 0 and records 1..=270.
+        let plan = plan_retention(&pts, &policy, now_at(600));
+        assert!(plan.keep.contains(&ids(&[0])[0]));
+        assert_eq!(plan.journal[0], (Seq(1), Seq(270)));
+        // At 660 min every point on 0 is past the retention or thinned: 0 and its journal go.
+        let plan = plan_retention(&pts, &policy, now_at(660));
+        assert!(!plan.keep.contains(&ids(&[0])[0]), "{plan:?}");
+        assert!(plan.drop.iter().any(|(id, _)| id == &ids(&[0])[0]));
+        assert_eq!(plan.journal, vec![(Seq(331), JOURNAL_END)]);
+        assert!(!plan.keeps_records(Seq(1), Seq(330)));
+        // A CDP window reaching back before 330 pins 0 and keeps the journal after it whole.
+        let wide = ReplicationPolicy {
+            cdp_window: Duration::from_secs(6 * HOUR),
+            ..policy
+        };
+        let plan = plan_retention(&pts, &wide, now_at(660));
+        assert!(plan.keep.contains(&ids(&[0])[0]), "{plan:?}");
+        assert_eq!(plan.journal, vec![(Seq(1), JOURNAL_END)]);
+    }
+
+    #[test]
+    fn old_latest_points_do_not_take_a_bucket_from_a_marker() {
+        use PointOrigin::*;
+        let policy = ReplicationPolicy::default();
+        // Hour 0: a marker at 10 min and a "latest" point at 50 min, both journal-backed on a
+        // stored point; judged at 5 h: the latest point is dropped and the marker keeps the hour.
+        let mut pts = vec![at(0, 0, false, None), at(10, 10, true, Some(0))];
+        let mut l = at(50, 50, true, Some(0));
+        l.origin = Latest;
+        pts.push(l);
+        pts.push(at(300, 300, true, Some(0)));
+        let plan = plan_retention(&pts, &policy, now_at(300));
+        assert!(plan.keep.contains(&ids(&[10])[0]), "{plan:?}");
+        assert!(!plan.keep.contains(&ids(&[50])[0]));
+        assert_eq!(plan.journal, vec![(Seq(1), JOURNAL_END)]);
+    }
+
+    #[test]
+    fn retention_invariants_over_synthetic_histories() {
+        // xorshift: a deterministic spread of histories.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..300 {
+            let mut pts = vec![at(0, 0, false, None)];
+            let mut base = 0u64;
+            let n = 5 + next() % 60;
+            let step = 5 + next() % 60;
+            for i in 1..=n {
+                let m = i * step;
+                let stored = next() % 7 == 0;
+                let mut v = at(m, m, !stored, (!stored).then_some(base));
+                if next() % 3 == 0 {
+                    v.origin = PointOrigin::Latest;
+                }
+                if stored {
+                    base = m;
+                }
+                pts.push(v);
+            }
+            let policy = ReplicationPolicy {
+                retention: Duration::from_secs((1 + next() % 30) * HOUR),
+                cdp_window: Duration::from_secs((next() % 2) * HOUR),
+                ..ReplicationPolicy::default()
+            };
+            let now = now_at(n * step + next() % 600);
+            let plan = plan_retention(&pts, &policy, now);
+            for p in &pts {
+                let kept = plan.keep.contains(&p.id);
+                assert_ne!(kept, plan.drop.iter().any(|(d, _)| d == &p.id), "{p:?}");
+                if kept && p.journal_backed {
+                    let b = p.base.as_ref().unwrap();
+                    assert!(plan.keep.contains(b), "base {b} of {} dropped", p.id);
+                    let bseq = pts.iter().find(|x| &x.id == b).unwrap().seq;
+                    for s in bseq.0 + 1..=p.seq.0 {
+                        assert!(plan.keeps_records(Seq(s), Seq(s)), "record {s} of {}", p.id);
+                    }
+                }
+            }
+            // Records after the newest kept stored point are always kept.
+            let newest = pts
+                .iter()
+                .filter(|p| !p.journal_backed && plan.keep.contains(&p.id))
+                .map(|p| p.seq)
+                .max()
+                .unwrap();
+            assert!(plan.keeps_records(newest.next(), newest.next()));
+            assert_eq!(plan.journal.last().unwrap().1, JOURNAL_END);
+        }
     }
 }

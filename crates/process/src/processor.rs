@@ -2,14 +2,15 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use lifeboat_journal::Record;
 use lifeboat_store::{PointMeta, PointOrigin, PointRecord, Store, StoreError};
 use lifeboat_types::{CheckpointKind, DiskId, Epoch, RecordKind, Seq, VmId};
 
-use crate::plan::{points_to_store, PointView};
+use crate::overlay::{index_journal, PointInTime};
+use crate::plan::{app_points_to_store, chain_due, points_to_store, PointView, StoreRule};
+use crate::INDEX_BUDGET;
 
 /// Errors while making recovery points.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +107,18 @@ pub enum ProcessError {
         /// The budget.
         budget_mib: u64,
     },
+    /// A journal-backed point whose journal is not all stored any more.
+    #[error("journal-backed point {point} of VM {vm} is read as stored point {base} plus the journal up to it, but journal record {missing} is no longer in the region store (released by retention, or its segment is missing): choose another point")]
+    JournalGone {
+        /// The VM.
+        vm: VmId,
+        /// The point.
+        point: String,
+        /// The stored point it is read from.
+        base: String,
+        /// The first record not found.
+        missing: Seq,
+    },
     /// A seed image could not be read.
     #[error("reading disk image {path} for initial replication")]
     Image {
@@ -154,18 +167,18 @@ pub struct CopyOptions<'a> {
 /// Makes recovery points for one VM in one store. Share one processor (`Arc`) between the
 /// processing and storing loops: points it stores become the bases of the points it cuts next.
 pub struct Processor {
-    store: Store,
-    vm: VmId,
+    pub(crate) store: Store,
+    pub(crate) vm: VmId,
     /// Point records already read, by id: a record changes only when this processor (the VM's
     /// only one) stores it, so each is read from the store once.
     records: std::sync::Mutex<BTreeMap<String, PointRecord>>,
+    /// The chunks touched since the newest stored point (see the `chain` module).
+    pub(crate) tracker: tokio::sync::Mutex<crate::chain::Tracker>,
 }
 
-/// The chunks touched since the base, each with its records in journal order.
-type Pending = BTreeMap<(DiskId, u64), Vec<Arc<Record>>>;
-
-/// Records held in memory while a point is stored; past this they are applied to its chunks.
-const APPLY_BUDGET: usize = 128 << 20;
+/// Chunks built at once while a point is stored (bytes): each batch is one pass over the
+/// journal segments its chunks need.
+const BUILD_BATCH_BYTES: u64 = 128 << 20;
 
 impl Processor {
     /// A processor for `vm` in `store`.
@@ -174,6 +187,7 @@ impl Processor {
             store,
             vm,
             records: std::sync::Mutex::new(BTreeMap::new()),
+            tracker: tokio::sync::Mutex::new(crate::chain::Tracker::default()),
         }
     }
 
@@ -184,7 +198,7 @@ impl Processor {
     }
 
     /// The VM's points, oldest first: one listing, and only records not read before.
-    async fn points(&self) -> Result<Vec<PointRecord>, ProcessError> {
+    pub(crate) async fn points(&self) -> Result<Vec<PointRecord>, ProcessError> {
         let se = |e| self.store_err(e);
         let ids = self.store.list_point_ids(&self.vm).await.map_err(se)?;
         let missing: Vec<String> = {
@@ -255,7 +269,7 @@ impl Processor {
         Ok((newest, base))
     }
 
-    fn store_err(&self, source: StoreError) -> ProcessError {
+    pub(crate) fn store_err(&self, source: StoreError) -> ProcessError {
         ProcessError::Store {
             vm: self.vm.clone(),
             source: Box::new(source),
@@ -445,11 +459,13 @@ impl Processor {
         Ok(p)
     }
 
-    /// Stores the journal-backed point `point`: from the newest stored point before it, applies
-    /// the stored journal records up to it to the chunks they touch, and commits the result as
-    /// the point's stored form ([`lifeboat_store::PointWriter::commit_stored`]). Records are held
-    /// in memory up to a budget, then applied, so memory stays bounded however far apart the
-    /// points are. A point already stored is returned as it is.
+    /// Stores the journal-backed point `point`: from the newest stored point before it, indexes
+    /// the stored journal records up to it by the chunks they touch (as a reader does, within
+    /// [`INDEX_BUDGET`]), builds those chunks in batches of 128 MiB (one pass over the
+    /// segments each, through the reader's segment cache), writes each once, and commits the
+    /// result as the point's stored form ([`lifeboat_store::PointWriter::commit_stored`]).
+    /// Memory stays bounded however far apart the points are, and no intermediate version of a
+    /// chunk is written. A point already stored is returned as it is.
     pub async fn store_point(&self, point: &PointRecord) -> Result<PointRecord, ProcessError> {
         let se = |e| self.store_err(e);
         if !point.is_journal_backed() {
@@ -471,105 +487,99 @@ impl Processor {
                 vm: self.vm.clone(),
             })?
             .clone();
+        // The journal since the base, indexed (references, not data); then the chunks it
+        // touched, built in batches (one pass over their segments each) and written once.
         let segments = self.store.list_segments(&self.vm).await.map_err(se)?;
+        let mut pit =
+            PointInTime::on_base(&self.vm, base.clone(), point.seq(), point.time(), false);
+        index_journal(&self.store, &self.vm, &segments, &mut pit, INDEX_BUDGET).await?;
         let mut w = self
             .store
             .point_writer(&self.vm, Some(&base))
             .await
             .map_err(se)?;
-        let chunk_sizes: BTreeMap<DiskId, u64> = w
-            .disks()
-            .into_iter()
-            .filter_map(|(d, _)| Some((d, u64::from(w.chunk_size(d)?))))
-            .collect();
-        let mut pending = Pending::new();
-        let mut held = 0usize;
-        let mut expected = base.seq().next();
-        let end = point.seq();
-        'segments: for seg in segments
-            .iter()
-            .filter(|s| s.last_seq >= base.seq().next() && s.first_seq <= end)
-        {
-            let (_, records) = self.store.read_segment(&self.vm, seg).await.map_err(se)?;
-            for rec in records {
-                if rec.seq < expected {
-                    continue;
-                }
-                if rec.seq > end {
-                    break 'segments;
-                }
-                if rec.seq != expected {
-                    return Err(ProcessError::Gap {
-                        vm: self.vm.clone(),
-                        expected,
-                        found: rec.seq,
-                    });
-                }
-                expected = rec.seq.next();
-                if rec.kind == RecordKind::Checkpoint {
-                    continue;
-                }
-                check_record(&self.vm, &base, &rec)?;
-                held += rec.data.len() + 64;
-                note(&chunk_sizes, &mut pending, rec);
-                if held >= APPLY_BUDGET {
-                    self.apply(&base, &mut w, &mut pending).await?;
-                    held = 0;
+        for (disk, _) in w.disks() {
+            let cs = w.chunk_size(disk).map_or(1, u64::from).max(1);
+            let per_batch = usize::try_from(BUILD_BATCH_BYTES / cs).unwrap_or(1).max(1);
+            let touched: Vec<u64> = pit.touched_on(disk).collect();
+            for batch in touched.chunks(per_batch) {
+                let built = pit.read_disk_chunks(&self.store, disk, batch).await?;
+                for (i, data) in batch.iter().zip(built) {
+                    w.set_chunk(disk, *i, &data).await.map_err(se)?;
                 }
             }
         }
-        if expected <= end {
-            return Err(ProcessError::Gap {
-                vm: self.vm.clone(),
-                expected,
-                found: end,
-            });
-        }
-        self.apply(&base, &mut w, &mut pending).await?;
         let stored = w.commit_stored(point).await.map_err(se)?;
         self.remember(&stored);
         tracing::debug!(vm = %self.vm, point = %stored.id, base = %base.id, "recovery point stored");
         Ok(stored)
     }
 
-    /// Stores the journal-backed points that are due ([`crate::points_to_store`] with the
-    /// crash-consistent `interval`), oldest first; returns them in their stored form.
+    /// Stores the journal-backed points that are due, oldest first; returns them in their
+    /// stored form.
+    ///
+    /// * `interval` zero: **every** point is stored as it is cut (the eager rule,
+    ///   [`crate::points_to_store`]: every marker point and the newest "latest" point), as
+    ///   tools and tests that want stored points ask (`lifeboat process --store-secs 0`).
+    /// * otherwise: the product's rule, [`Processor::store_due_with`] with
+    ///   [`StoreRule::default`] and `interval` as [`StoreRule::min_interval`] (no point is stored
+    ///   by age or cost less than `interval` after its base): app-consistent points, and the
+    ///   newest journal-backed point once its base is 12 h old, reading it would index a
+    ///   quarter of [`crate::INDEX_BUDGET`], or keeping its journal over a 24 h retention costs
+    ///   more than storing it. Callers that know the VM's policy use
+    ///   [`Processor::store_due_with`] and [`StoreRule::for_policy`].
+    ///
+    /// Until issue 3 a non-zero `interval` meant "store every marker point, and the newest
+    /// "latest" point once per `interval`": every point was stored, at many times the bytes
+    /// written. Calling this every few seconds is cheap: the records since the last call are
+    /// read once (see the `chain` module).
     pub async fn store_due(&self, interval: Duration) -> Result<Vec<PointRecord>, ProcessError> {
+        if interval.is_zero() {
+            let points = self.points().await?;
+            let views: Vec<PointView> = points.iter().filter_map(PointView::of).collect();
+            let mut out = Vec::new();
+            for id in points_to_store(&views, interval) {
+                if let Some(p) = points.iter().find(|p| p.id == id) {
+                    out.push(self.store_point(p).await?);
+                }
+            }
+            return Ok(out);
+        }
+        self.store_due_with(&StoreRule {
+            min_interval: interval,
+            ..StoreRule::default()
+        })
+        .await
+    }
+
+    /// Stores what `rule` says is due (see [`crate::chain_due`]): every journal-backed
+    /// app-consistent point (if the rule says so), then the newest journal-backed point if its
+    /// chain is due. Returns the points stored, in their stored form, oldest first.
+    pub async fn store_due_with(&self, rule: &StoreRule) -> Result<Vec<PointRecord>, ProcessError> {
         let points = self.points().await?;
         let views: Vec<PointView> = points.iter().filter_map(PointView::of).collect();
         let mut out = Vec::new();
-        for id in points_to_store(&views, interval) {
+        for id in app_points_to_store(&views, rule) {
             if let Some(p) = points.iter().find(|p| p.id == id) {
+                tracing::info!(vm = %self.vm, point = %p.id, "storing an app-consistent point");
                 out.push(self.store_point(p).await?);
             }
         }
-        Ok(out)
-    }
-
-    /// Applies the pending records to the writer's chunks.
-    async fn apply(
-        &self,
-        base: &PointRecord,
-        w: &mut lifeboat_store::PointWriter,
-        pending: &mut Pending,
-    ) -> Result<(), ProcessError> {
-        let se = |e| self.store_err(e);
-        for ((disk, index), records) in std::mem::take(pending) {
-            let cs = w.chunk_size(disk).map(u64::from).unwrap_or(1);
-            let mut data = w.read_chunk(disk, index).await.map_err(se)?;
-            apply_records_to_chunk(&mut data, index * cs, &records).map_err(|r| {
-                ProcessError::OutsideDisk {
-                    vm: self.vm.clone(),
-                    seq: r.seq,
-                    disk: r.disk,
-                    offset: r.offset,
-                    length: r.length,
-                    point: base.id.clone(),
-                }
-            })?;
-            w.set_chunk(disk, index, &data).await.map_err(se)?;
+        let Some(chain) = self.newest_chain().await? else {
+            return Ok(out);
+        };
+        if let Some(reason) = chain_due(&chain, rule) {
+            if let Some(p) = self
+                .points()
+                .await?
+                .into_iter()
+                .find(|p| p.id == chain.point)
+            {
+                tracing::info!(vm = %self.vm, point = %p.id, base = %chain.base, %reason, "storing a recovery point");
+                out.push(self.store_point(&p).await?);
+            }
         }
-        Ok(())
+        Ok(out)
     }
 }
 
@@ -595,36 +605,6 @@ fn check_record(vm: &VmId, base: &PointRecord, rec: &Record) -> Result<(), Proce
     let end = rec.offset.checked_add(rec.length).ok_or_else(outside)?;
     if end > d.size {
         return Err(outside());
-    }
-    Ok(())
-}
-
-/// Notes a (checked) data record against the chunks it touches.
-fn note(chunk_sizes: &BTreeMap<DiskId, u64>, pending: &mut Pending, rec: Record) {
-    let Some(cs) = chunk_sizes.get(&rec.disk).copied() else {
-        return;
-    };
-    if rec.length == 0 {
-        return;
-    }
-    let (first, last) = (rec.offset / cs, (rec.offset + rec.length - 1) / cs);
-    let rec = Arc::new(rec);
-    for i in first..=last {
-        pending.entry((rec.disk, i)).or_default().push(rec.clone());
-    }
-}
-
-/// Applies `records` (in journal order) to the chunk `data` that starts at disk byte
-/// `chunk_start`: writes copy their bytes, zeroes and trims zero (trims are zeroes, so that
-/// points are deterministic), checkpoints do nothing. A write whose data does not cover its range
-/// is returned as the error.
-pub(crate) fn apply_records_to_chunk<'a>(
-    data: &mut [u8],
-    chunk_start: u64,
-    records: &'a [Arc<Record>],
-) -> Result<(), &'a Record> {
-    for r in records {
-        apply_record_to_chunk(data, chunk_start, r)?;
     }
     Ok(())
 }

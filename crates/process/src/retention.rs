@@ -1,10 +1,12 @@
 //! Retention at the secondary: which recovery points and journal segments a VM keeps.
 //!
 //! [`apply_retention`] runs the pure planner ([`crate::plan_retention`]: ASR's thinning, the
-//! policy's retention, journal-backed points only inside the CDP window, their bases pinned)
-//! over the VM's points and deletes the dropped ones; deletes the stored journal segments the
-//! plan releases (so any time inside the window, and every kept journal-backed point, can
-//! still be rebuilt from a stored point plus the journal after it); then garbage-collects
+//! policy's retention, journal-backed "latest" points only inside the CDP window, the base of
+//! every kept journal-backed point pinned) over the VM's points and deletes the dropped ones;
+//! deletes every stored journal segment none of whose records the plan keeps (each kept
+//! journal-backed point keeps the journal from its base to its position, the CDP window the
+//! journal from its stored base on: the stored journal may then have holes, which readers
+//! skip); then garbage-collects
 //! chunks, pages and roots no kept point references (the store's GC, with its grace period and
 //! writer leases, never deletes what a point being written right now will reference).
 
@@ -28,6 +30,8 @@ pub struct RetentionReport {
     pub future: Vec<String>,
     /// Journal segments deleted.
     pub segments_deleted: usize,
+    /// Their bytes, as stored.
+    pub segment_bytes_deleted: u64,
     /// What garbage collection deleted.
     pub gc: GcReport,
 }
@@ -55,11 +59,12 @@ pub async fn apply_retention(
         store.delete_point(vm, id).await.map_err(se)?;
         report.dropped.push((id.clone(), reason.clone()));
     }
-    if let Some(through) = plan.segments_through {
-        report.segments_deleted = store
-            .delete_segments_through(vm, through)
-            .await
-            .map_err(se)?;
+    for seg in store.list_segments(vm).await.map_err(se)? {
+        if !plan.keeps_records(seg.first_seq, seg.last_seq) {
+            store.delete_segment(vm, &seg).await.map_err(se)?;
+            report.segments_deleted += 1;
+            report.segment_bytes_deleted += seg.size;
+        }
     }
     report.gc = store.gc().await.map_err(se)?;
     Ok(report)

@@ -123,3 +123,177 @@ async fn thinning_deletes_exactly_the_dropped_points_and_their_garbage() {
     let again = p.process(Cut::Latest).await.unwrap();
     assert!(again.points.is_empty(), "{again:?}");
 }
+
+/// The product's path over a day of half-hourly points: cut journal-backed, stored by the store
+/// rule (here every 6 h of chain), retention after every round. Kept journal-backed points far
+/// beyond the CDP window still read back exactly (hash of the whole disk), through bases hours
+/// old; the journal between the last kept point of a base and the next base is released (the
+/// stored journal has holes, and reads skip them); a point whose journal went is refused
+/// clearly; the store verifies clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_backed_points_keep_their_journal_beyond_the_window() {
+    use lifeboat_process::{open_point, plan_retention, state_at, PointView, StoreRule, Target};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(
+        dir.path().join("store").to_str().unwrap(),
+        StoreConfig {
+            chunk_size: CHUNK,
+            page_entries: 4,
+            fsync: false,
+            gc_grace: Duration::ZERO,
+            ..StoreConfig::default()
+        },
+    )
+    .unwrap();
+    let vm = VmId::new("ret-jb").unwrap();
+    // Hour-aligned, so that thinning's buckets are easy to reason about.
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(497_000 * 3600);
+    let half_hour = Duration::from_secs(1800);
+    let img = dir.path().join("d.img");
+    let mut model = vec![0u8; DISK];
+    std::fs::write(&img, &model).unwrap();
+    let p = Processor::new(store.clone(), vm.clone());
+    p.seed(&[(DiskId(0), &img)], Seq(0), Epoch(1), t0)
+        .await
+        .unwrap();
+    let mut jc = JournalConfig::new(vm.clone(), Epoch(1));
+    jc.segment_max_bytes = 64 << 10;
+    let journal = Arc::new(Journal::open(&dir.path().join("j"), jc).unwrap());
+    let shipper = Shipper::new(vm.clone(), journal.clone(), store.clone());
+    let policy = ReplicationPolicy::default(); // 24 h, CDP 1 h
+                                               // Stored by age only: weighed against 30 days, the cost rule never fires in one day.
+    let rule = StoreRule {
+        min_interval: Duration::from_secs(60),
+        max_chain_age: Duration::from_secs(6 * 3600),
+        retention: Duration::from_secs(30 * 86_400),
+        ..StoreRule::default()
+    };
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let hash = |b: &[u8]| *blake3::hash(b).as_bytes();
+    let mut images: BTreeMap<String, [u8; 32]> = BTreeMap::new();
+    let (mut stored, mut deleted) = (0usize, 0usize);
+    for i in 1..=48u64 {
+        // Small writes spread over the disk, unique to the round.
+        for k in 0..4u64 {
+            let off = (((i * 5 + k * 3) % 64) as usize) * (16 << 10);
+            let data: Vec<u8> = (0..16 << 10)
+                .map(|_| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    rng as u8
+                })
+                .collect();
+            journal.append_write(DiskId(0), off as u64, &data).unwrap();
+            model[off..off + data.len()].copy_from_slice(&data);
+        }
+        let t = t0 + half_hour * i as u32;
+        journal
+            .append_checkpoint(CheckpointKind::CrashConsistent, t)
+            .unwrap();
+        journal.seal().unwrap();
+        shipper.ship_once(journal.last_seq()).await.unwrap();
+        let cut = p.process(Cut::AtMarkers).await.unwrap();
+        assert_eq!(cut.points.len(), 1);
+        images.insert(cut.points[0].id.clone(), hash(&model));
+        stored += p.store_due_with(&rule).await.unwrap().len();
+        let r = apply_retention(&store, &vm, &policy, t).await.unwrap();
+        deleted += r.segments_deleted;
+    }
+    // Stored by age every 6 h of chain (12 half hours): rounds 12, 24, 36, 48.
+    assert_eq!(stored, 4, "stored points");
+    assert!(deleted > 0, "no segment was released");
+    let now = t0 + half_hour * 48;
+
+    // The store holds exactly what the plan keeps.
+    let points = store.list_points(&vm).await.unwrap();
+    let views: Vec<PointView> = points.iter().filter_map(PointView::of).collect();
+    let plan = plan_retention(&views, &policy, now);
+    let ids: Vec<&String> = points.iter().map(|p| &p.id).collect();
+    assert_eq!(ids, plan.keep.iter().collect::<Vec<_>>());
+    let segments = store.list_segments(&vm).await.unwrap();
+    for s in &segments {
+        assert!(
+            plan.keeps_records(s.first_seq, s.last_seq),
+            "{s:?} kept for nothing"
+        );
+    }
+    let holes = segments
+        .windows(2)
+        .filter(|w| w[1].first_seq.0 > w[0].last_seq.0 + 1)
+        .count();
+    assert!(holes > 0, "the journal before a newer base was released");
+
+    // Every kept point reads back exactly; journal-backed ones older than the window too.
+    let mut far = 0;
+    for point in &points {
+        let pit = open_point(&store, &vm, point).await.unwrap();
+        let mut img = vec![0u8; DISK];
+        for c in 0..(DISK / CHUNK as usize) {
+            let data = pit
+                .read_disk_chunk(&store, DiskId(0), c as u64)
+                .await
+                .unwrap();
+            img[c * CHUNK as usize..(c + 1) * CHUNK as usize].copy_from_slice(&data);
+        }
+        if point.seq() == Seq(0) {
+            assert!(img.iter().all(|b| *b == 0));
+            continue;
+        }
+        assert_eq!(hash(&img), images[&point.id], "point {} differs", point.id);
+        let age = now.duration_since(point.time()).unwrap();
+        let chain = point.time().duration_since(pit.base.time()).unwrap();
+        if point.is_journal_backed() && age > Duration::from_secs(3600) {
+            assert!(pit.records > 0);
+            if chain >= Duration::from_secs(2 * 3600) {
+                far += 1;
+            }
+        }
+    }
+    assert!(
+        far > 0,
+        "no journal-backed point hours from its base beyond the window"
+    );
+    // A position inside the CDP window reads, though the journal before it has holes: the
+    // last write before the newest point's marker gives the newest point's image.
+    let newest = points.last().unwrap();
+    let pit = state_at(&store, &vm, Target::Seq(Seq(newest.seq().0 - 1)))
+        .await
+        .unwrap();
+    let mut img = vec![0u8; DISK];
+    for c in 0..(DISK / CHUNK as usize) {
+        let data = pit
+            .read_disk_chunk(&store, DiskId(0), c as u64)
+            .await
+            .unwrap();
+        img[c * CHUNK as usize..(c + 1) * CHUNK as usize].copy_from_slice(&data);
+    }
+    assert_eq!(hash(&img), images[&newest.id]);
+    let v = store.verify().await.unwrap();
+    assert!(v.bad.is_empty(), "{:?}", v.bad);
+
+    // A kept journal-backed point whose journal lost a segment is refused, naming what is
+    // missing (and verify reports it).
+    let p11 = points
+        .iter()
+        .rev()
+        .find(|p| p.is_journal_backed() && p.base.as_deref() == Some(points[0].id.as_str()))
+        .unwrap();
+    let mid = segments
+        .iter()
+        .find(|s| s.first_seq > Seq(1) && s.last_seq < p11.seq())
+        .unwrap();
+    store.delete_segment(&vm, mid).await.unwrap();
+    let e = open_point(&store, &vm, p11).await.unwrap_err();
+    assert!(
+        matches!(&e, lifeboat_process::ProcessError::JournalGone { missing, .. } if *missing == mid.first_seq),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().contains("no longer in the region store"),
+        "{e}"
+    );
+    let v = store.verify().await.unwrap();
+    assert!(!v.bad.is_empty());
+}

@@ -682,6 +682,17 @@ impl Store {
         Ok((h, records))
     }
 
+    /// Deletes one stored segment (retention: none of its records is needed any more).
+    pub async fn delete_segment(&self, vm: &VmId, seg: &SegmentRef) -> Result<()> {
+        if !seg.key.starts_with(&format!("vms/{vm}/segments/")) {
+            return Err(StoreError::InvalidArgument(format!(
+                "{} is not a journal segment of VM {vm}",
+                seg.key
+            )));
+        }
+        self.backend.delete(&seg.key).await
+    }
+
     /// Deletes every segment whose last record is at or before `seq`; returns how many.
     pub async fn delete_segments_through(&self, vm: &VmId, seq: Seq) -> Result<usize> {
         let mut n = 0;
