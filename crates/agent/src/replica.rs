@@ -1,13 +1,14 @@
 //! A replica: the target region's processing of one VM's journal into recovery points. Every
 //! [`PASS`] it processes what the store received (a "latest" point per pass with new records:
 //! the sub-second path of failover to `latest-processed`); every [`STORE_PASS`] it stores the
-//! points that are due and applies the policy's retention.
+//! points the store rule says are due (`lifeboat_process::StoreRule` for the item's policy: most
+//! points stay journal-backed) and applies the policy's retention.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use lifeboat_process::{apply_retention, Cut, Processor};
+use lifeboat_process::{apply_retention, Cut, Processor, StoreRule};
 use lifeboat_store::{PointRecord, Store};
 use lifeboat_types::VmId;
 use lifeboat_vault::agent_wire::{ReplicaSpec, ReplicaStatus};
@@ -101,7 +102,13 @@ impl Replica {
     }
 
     async fn run(self: Arc<Self>, store: Store) {
-        let interval = Duration::from_secs(self.spec.store_secs);
+        // Which journal-backed points get stored: the item's policy's store rule (the
+        // retention it weighs journal against stored chunks over, its CDP window).
+        let policy = self.spec.policy.clone().unwrap_or_default();
+        let rule = StoreRule {
+            min_interval: Duration::from_secs(self.spec.store_secs),
+            ..StoreRule::for_policy(&policy)
+        };
         let mut last_store = Instant::now();
         loop {
             tokio::time::sleep(PASS).await;
@@ -113,10 +120,9 @@ impl Replica {
             }
             last_store = Instant::now();
             let _one = self.pass.lock().await;
-            if let Err(e) = self.processor.store_due(interval).await {
+            if let Err(e) = self.processor.store_due_with(&rule).await {
                 tracing::warn!(vm = %self.vm, error = format!("{:#}", anyhow::Error::new(e)), "storing points failed; will retry");
             }
-            let policy = self.spec.policy.clone().unwrap_or_default();
             if let Err(e) = apply_retention(&store, &self.vm, &policy, SystemTime::now()).await {
                 tracing::warn!(vm = %self.vm, error = format!("{:#}", anyhow::Error::new(e)), "retention failed; will retry");
             }

@@ -122,7 +122,9 @@ pub struct ShutdownAnswer {
 pub struct ReplicaSpec {
     /// The target region's store URL.
     pub store_url: String,
-    /// Store a journal-backed point's data this often (seconds).
+    /// No journal-backed point is stored sooner than this after its base (seconds; the store
+    /// rule `lifeboat_process::StoreRule` decides when, weighing the journal kept against the
+    /// chunks a stored point adds over the policy's retention).
     #[serde(default = "default_store_secs")]
     pub store_secs: u64,
     /// The item's replication policy (retention, CDP window); absent: the default.
