@@ -15,7 +15,7 @@ use lifeboat_types::{DiskId, RecordKind, Seq};
 
 use crate::overlay::{CHUNK_COST, REF_COST, SEGMENT_COST};
 use crate::plan::Chain;
-use crate::processor::{stored_base, Processor};
+use crate::processor::{in_order, stored_base, InOrder, Processor};
 use crate::ProcessError;
 
 /// The chunks touched since a base, through a journal position.
@@ -88,20 +88,11 @@ impl Processor {
         'segments: for seg in segments.iter().filter(|s| s.last_seq >= start) {
             let (_, records) = self.store.read_segment(&self.vm, seg).await.map_err(se)?;
             for rec in records {
-                if rec.seq < expected {
-                    continue;
+                match in_order(&self.vm, rec.seq, &mut expected, end)? {
+                    InOrder::Skip => continue,
+                    InOrder::Stop => break 'segments,
+                    InOrder::Take => {}
                 }
-                if rec.seq > end {
-                    break 'segments;
-                }
-                if rec.seq != expected {
-                    return Err(ProcessError::Gap {
-                        vm: self.vm.clone(),
-                        expected,
-                        found: rec.seq,
-                    });
-                }
-                expected = rec.seq.next();
                 t.through = rec.seq;
                 if rec.kind == RecordKind::Checkpoint || rec.length == 0 {
                     continue;

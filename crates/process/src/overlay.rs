@@ -27,7 +27,7 @@ use lifeboat_journal::Record;
 use lifeboat_store::{DiskReader, PointRecord, SegmentRef, Store, StoreError};
 use lifeboat_types::{DiskId, RecordKind, Seq, VmId};
 
-use crate::processor::apply_record_to_chunk;
+use crate::processor::{apply_record_to_chunk, in_order, InOrder};
 use crate::ProcessError;
 
 /// Decoded journal segments a [`PointInTime`] keeps for building chunks (all its clones
@@ -538,20 +538,11 @@ pub(crate) async fn index_journal(
             c.put(seg_no, records.clone());
         }
         for (at, rec) in records.iter().enumerate() {
-            if rec.seq < expected {
-                continue;
+            match in_order(vm, rec.seq, &mut expected, end)? {
+                InOrder::Skip => continue,
+                InOrder::Stop => break 'segments,
+                InOrder::Take => {}
             }
-            if rec.seq > end {
-                break 'segments;
-            }
-            if rec.seq != expected {
-                return Err(ProcessError::Gap {
-                    vm: vm.clone(),
-                    expected,
-                    found: rec.seq,
-                });
-            }
-            expected = rec.seq.next();
             if rec.seq == end && pit.time == UNIX_EPOCH {
                 pit.time = rec.time;
             }

@@ -399,17 +399,9 @@ impl Processor {
             let (header, records) = self.store.read_segment(&self.vm, seg).await.map_err(se)?;
             epoch = epoch.max(header.epoch);
             for rec in records {
-                if rec.seq < expected {
+                if in_order(&self.vm, rec.seq, &mut expected, Seq(u64::MAX))? != InOrder::Take {
                     continue;
                 }
-                if rec.seq != expected {
-                    return Err(ProcessError::Gap {
-                        vm: self.vm.clone(),
-                        expected,
-                        found: rec.seq,
-                    });
-                }
-                expected = rec.seq.next();
                 report.last_seq = Some(rec.seq);
                 last_time = rec.time;
                 if rec.kind == RecordKind::Checkpoint {
@@ -636,4 +628,74 @@ pub(crate) fn apply_record_to_chunk<'a>(
         RecordKind::Checkpoint => {}
     }
     Ok(())
+}
+
+/// Where a record stands in a walk over the stored journal that takes every record from
+/// `expected` on, in order, up to `end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InOrder {
+    /// Before `expected` (an earlier segment already gave it): skip it.
+    Skip,
+    /// After `end`: the walk is over.
+    Stop,
+    /// The next record: take it (`expected` moved past it).
+    Take,
+}
+
+/// Places record `seq` in a walk expecting `expected` next and ending at `end`; a record
+/// after a missing one is [`ProcessError::Gap`].
+pub(crate) fn in_order(
+    vm: &VmId,
+    seq: Seq,
+    expected: &mut Seq,
+    end: Seq,
+) -> Result<InOrder, ProcessError> {
+    if seq < *expected {
+        return Ok(InOrder::Skip);
+    }
+    if seq > end {
+        return Ok(InOrder::Stop);
+    }
+    if seq != *expected {
+        return Err(ProcessError::Gap {
+            vm: vm.clone(),
+            expected: *expected,
+            found: seq,
+        });
+    }
+    *expected = seq.next();
+    Ok(InOrder::Take)
+}
+
+#[cfg(test)]
+mod in_order_tests {
+    use super::*;
+
+    #[test]
+    fn records_are_taken_in_order_skipped_stopped_or_a_gap() {
+        let vm = VmId::new("v").unwrap();
+        let mut e = Seq(5);
+        assert_eq!(
+            in_order(&vm, Seq(4), &mut e, Seq(9)).unwrap(),
+            InOrder::Skip
+        );
+        assert_eq!(e, Seq(5));
+        assert_eq!(
+            in_order(&vm, Seq(5), &mut e, Seq(9)).unwrap(),
+            InOrder::Take
+        );
+        assert_eq!(e, Seq(6));
+        assert_eq!(
+            in_order(&vm, Seq(10), &mut e, Seq(9)).unwrap(),
+            InOrder::Stop
+        );
+        match in_order(&vm, Seq(8), &mut e, Seq(9)) {
+            Err(ProcessError::Gap {
+                expected, found, ..
+            }) => {
+                assert_eq!((expected, found), (Seq(6), Seq(8)))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }
