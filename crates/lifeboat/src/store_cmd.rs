@@ -11,12 +11,12 @@ use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use lifeboat_agent::pick::{is_time, pick_point};
+use lifeboat_agent::pick::pick_point;
 use lifeboat_process::{
     format_utc_ms, open_point, parse_utc, state_at, ChunkChange, Cut, PointInTime, Processor,
     Target,
 };
-use lifeboat_store::{Entry, PointRecord, Store};
+use lifeboat_store::{is_time_choice, Entry, PointRecord, Store};
 use lifeboat_types::{DiskId, Epoch, Seq, VmId};
 
 #[derive(Args)]
@@ -204,7 +204,7 @@ enum Restored {
 }
 
 pub fn restore(a: RestoreArgs) -> Result<()> {
-    if is_time(&a.point) {
+    if is_time_choice(&a.point) {
         // Fail on a malformed time before touching anything.
         parse_utc(&a.point).map_err(anyhow::Error::msg)?;
     }
@@ -218,7 +218,7 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
     let vm = vm_id(&a.vm)?;
     let tmp = a.output.with_extension("restoring");
     let result = runtime()?.block_on(async {
-        if is_time(&a.point) {
+        if is_time_choice(&a.point) {
             let asked = parse_utc(&a.point).map_err(anyhow::Error::msg)?;
             let pit = state_at(&store, &vm, Target::Time(asked)).await?;
             write_disk(&store, &pit, DiskId(a.disk), &tmp).await?;

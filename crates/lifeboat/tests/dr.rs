@@ -318,8 +318,9 @@ fn failover_with_the_primary_agent_killed() {
         "resumed after {m}, wrote {written}"
     );
     assert_eq!(restored_writes(&c, "app", &point), m);
-    let events = c.cli_ok(&["jobs"]);
-    assert!(events.contains("failover"), "{events}");
+    let item = c.item("app");
+    assert_eq!(item["state"], "failed-over", "{item}");
+    assert_eq!(item["epoch"], 2, "the dead source is fenced: {item}");
 }
 
 #[test]

@@ -167,7 +167,8 @@ pub use format::{Entry, ObjectId, PointDisk, PointOrigin, PointRecord, Root};
 pub use gc::{BadObject, GcReport, VerifyReport, CLOCK_MARGIN};
 pub use reader::DiskReader;
 pub use store::{
-    epoch_key, lease_key, parse_point_id, point_id, point_key, segment_key, SegmentPut, SegmentRef,
-    Store, StoreConfig, DEFAULT_CHUNK_SIZE, DEFAULT_PAGE_ENTRIES,
+    choose_point, epoch_key, is_time_choice, lease_key, parse_point_id, point_id, point_key,
+    segment_key, SegmentPut, SegmentRef, Store, StoreConfig, DEFAULT_CHUNK_SIZE,
+    DEFAULT_PAGE_ENTRIES,
 };
 pub use writer::{PointMeta, PointWriter};

@@ -133,6 +133,39 @@ pub fn parse_point_id(id: &str) -> Option<(Seq, CheckpointKind)> {
     Some((Seq(seq.parse().ok()?), kind))
 }
 
+/// Whether a recovery-point choice names a time (`@UNIXSECONDS` or `...T...Z`) rather than a
+/// point (`latest`, `latest-processed`, `latest-app-consistent`, an id).
+pub fn is_time_choice(choice: &str) -> bool {
+    choice.starts_with('@') || (choice.ends_with('Z') && choice.contains('T'))
+}
+
+/// The point a recovery-point choice names among `points` (oldest first): `latest` and
+/// `latest-processed` the newest restorable point, `latest-app-consistent` the newest
+/// restorable app-consistent one, anything else the point with that id, restorable or not
+/// (the caller says why an initial copy cannot be used). `None`: no such point (a time is
+/// never a point: see [`is_time_choice`]).
+///
+/// ```
+/// use lifeboat_store::{choose_point, is_time_choice};
+/// assert!(choose_point(&[], "latest").is_none());
+/// assert!(is_time_choice("@1700000000"));
+/// assert!(is_time_choice("2026-11-27T10:00:00Z"));
+/// assert!(is_time_choice("2026-11-27T10:00:00.250Z"));
+/// assert!(!is_time_choice("latest"));
+/// assert!(!is_time_choice("latest-app-consistent"));
+/// assert!(!is_time_choice("00000000000000001234-crash"));
+/// ```
+pub fn choose_point<'a>(points: &'a [PointRecord], choice: &str) -> Option<&'a PointRecord> {
+    let mut restorable = points.iter().rev().filter(|p| p.is_restorable());
+    match choice {
+        "latest" | "latest-processed" => restorable.next(),
+        "latest-app-consistent" => {
+            restorable.find(|p| p.checkpoint_kind() == Some(CheckpointKind::AppConsistent))
+        }
+        id => points.iter().find(|p| p.id == id),
+    }
+}
+
 fn kind_suffix(kind: CheckpointKind) -> &'static str {
     match kind {
         CheckpointKind::CrashConsistent => "crash",

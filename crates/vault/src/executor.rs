@@ -22,8 +22,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lifeboat_store::{PointRecord, Store};
-use lifeboat_types::{CheckpointKind, Epoch, ItemState, Operation, Outcome, Seq, VmId};
+use lifeboat_store::{choose_point, is_time_choice, PointRecord, Store};
+use lifeboat_types::{Epoch, ItemState, Operation, Outcome, Seq, VmId};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 
@@ -79,9 +79,10 @@ impl AgentClient {
             .request(method.clone(), &url)
             .bearer_auth(self.token.as_str());
         if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(b.to_json());
+            let text = b
+                .to_json()
+                .map_err(|e| err(format!("{method} {path}: encoding the request: {e}")))?;
+            req = req.header("content-type", "application/json").body(text);
         }
         let resp = req
             .send()
@@ -109,11 +110,11 @@ pub mod erased {
     /// A body that serializes to JSON.
     pub trait Json {
         /// The JSON text.
-        fn to_json(&self) -> String;
+        fn to_json(&self) -> Result<String, serde_json::Error>;
     }
     impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> String {
-            serde_json::to_string(self).unwrap_or_else(|_| "null".to_string())
+        fn to_json(&self) -> Result<String, serde_json::Error> {
+            serde_json::to_string(self)
         }
     }
 }
@@ -316,18 +317,10 @@ async fn poll<T: DeserializeOwned, R>(
 
 async fn protect(r: &mut Run) -> Flow {
     r.step("Prerequisites check")?;
-    let item = r.item()?;
+    let (item, store_url, policy) = r.vault.item_store(&r.vm).map_err(text)?;
     let vm = r.vault.vm(&r.vm).map_err(text)?;
-    let policy = r
-        .vault
-        .policies()
-        .map_err(text)?
-        .into_iter()
-        .find(|p| p.name == item.policy)
-        .ok_or_else(|| format!("policy {} not found", item.policy))?;
     let source = r.host(&item.source_region)?;
     let target = r.host(&item.target_region)?;
-    let store_url = r.vault.store_url(&item.target_region).map_err(text)?;
     r.done(&format!(
         "source host {} ({}), target host {} ({}), target store {store_url}",
         source.name, item.source_region, target.name, item.target_region
@@ -338,7 +331,7 @@ async fn protect(r: &mut Run) -> Flow {
     let spec = ReplicaSpec {
         store_url: store_url.clone(),
         store_secs: 300,
-        policy: Some(policy.policy.clone()),
+        policy: Some(policy.clone()),
     };
     let _: ReplicaStatus = r.call(&target, Method::PUT, &path, Some(&spec)).await?;
     let spec = SourceSpec {
@@ -347,7 +340,7 @@ async fn protect(r: &mut Run) -> Flow {
         protect: Some(Protection {
             store_url,
             epoch: item.epoch,
-            point_secs: policy.policy.crash_consistent_interval.as_secs(),
+            point_secs: policy.crash_consistent_interval.as_secs(),
         }),
     };
     let spath = format!("/agent/v1/sources/{}", r.vm);
@@ -413,20 +406,12 @@ async fn failover(r: &mut Run) -> Flow {
 }
 
 async fn resume_replica(r: &Run) -> Result<(), String> {
-    let item = r.item()?;
+    let (item, store_url, policy) = r.vault.item_store(&r.vm).map_err(text)?;
     let target = r.host(&item.target_region)?;
-    let store_url = r.vault.store_url(&item.target_region).map_err(text)?;
-    let policy = r
-        .vault
-        .policies()
-        .map_err(text)?
-        .into_iter()
-        .find(|p| p.name == item.policy)
-        .map(|p| p.policy);
     let spec = ReplicaSpec {
         store_url,
         store_secs: 300,
-        policy,
+        policy: Some(policy),
     };
     let path = format!("/agent/v1/replicas/{}", r.vm);
     let _: ReplicaStatus = r.call(&target, Method::PUT, &path, Some(&spec)).await?;
@@ -445,41 +430,35 @@ fn target_definition(def: &serde_json::Value, item: &Item) -> serde_json::Value 
     d
 }
 
-/// Whether recovery-point choice `p` names a time rather than a point.
-fn is_time(p: &str) -> bool {
-    p.starts_with('@') || (p.ends_with('Z') && p.contains('T'))
-}
-
 /// Checks, before anything changes, that `choice` can be recovered from `points`.
 fn check_point(vm: &str, region: &str, choice: &str, points: &[PointRecord]) -> Flow {
-    let mut restorable = points.iter().filter(|p| p.is_restorable());
-    let ok = match choice {
-        "latest" | "latest-processed" => restorable.next().is_some(),
-        "latest-app-consistent" => {
-            restorable.any(|p| p.checkpoint_kind() == Some(CheckpointKind::AppConsistent))
-        }
-        t if is_time(t) => restorable.next().is_some(),
-        id => {
-            if let Some(p) = points.iter().find(|p| p.id == id) {
-                if !p.is_restorable() {
-                    return Err(format!(
-                        "recovery point {id} of VM {vm} is the initial copy, which is not a \
-                         consistent state: choose a later point"
-                    ));
-                }
-                true
-            } else {
+    let any = points.iter().any(|p| p.is_restorable());
+    let found = if is_time_choice(choice) {
+        // A time is checked against the CDP window when it is opened.
+        any
+    } else {
+        match choose_point(points, choice) {
+            Some(p) if p.is_restorable() => true,
+            Some(p) => {
                 return Err(format!(
-                    "VM {vm} has no recovery point {id} in region {region}: see `lifeboat item \
-                     points {vm}`"
-                ));
+                    "recovery point {} of VM {vm} is the initial copy, which is not a \
+                     consistent state: choose a later point",
+                    p.id
+                ))
             }
+            None if !choice.starts_with("latest") => {
+                return Err(format!(
+                    "VM {vm} has no recovery point {choice} in region {region}: see `lifeboat \
+                     points {vm}`"
+                ))
+            }
+            None => false,
         }
     };
-    if ok {
+    if found {
         return Ok(());
     }
-    let why = if points.iter().any(|p| p.is_restorable()) {
+    let why = if any {
         ""
     } else {
         ": initial replication has not finished"
@@ -747,16 +726,11 @@ async fn set_running(
                 value: i.state.clone(),
             })?;
             if replicates(s) {
-                let policy = vault
-                    .policies()?
-                    .into_iter()
-                    .find(|p| p.name == i.policy)
-                    .map(|p| p.policy.crash_consistent_interval.as_secs())
-                    .unwrap_or(300);
+                let (_, store_url, policy) = vault.item_store(name)?;
                 Some(Protection {
-                    store_url: vault.store_url(&i.target_region)?,
+                    store_url,
                     epoch: i.epoch,
-                    point_secs: policy,
+                    point_secs: policy.crash_consistent_interval.as_secs(),
                 })
             } else {
                 None
@@ -787,6 +761,6 @@ mod tests {
     fn bodies_serialize_through_the_erased_trait() {
         let spec = ShutdownRequest { timeout_secs: 7 };
         let b: &dyn erased::Json = &spec;
-        assert_eq!(b.to_json(), r#"{"timeout_secs":7}"#);
+        assert_eq!(b.to_json().unwrap(), r#"{"timeout_secs":7}"#);
     }
 }

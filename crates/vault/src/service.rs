@@ -859,8 +859,11 @@ impl Vault {
 
     // ---- recovery points and health (read from the item's target region store) ----
 
-    /// The item's target region, its store URL and the item's policy.
-    fn item_store(&self, vm: &str) -> Result<(Item, String, ReplicationPolicy), VaultError> {
+    /// The item, its target region's store URL and the item's policy.
+    pub(crate) fn item_store(
+        &self,
+        vm: &str,
+    ) -> Result<(Item, String, ReplicationPolicy), VaultError> {
         self.db.tx("reading an item's store", |tx| {
             let item = read_item(tx, vm)?;
             let url: String = tx
