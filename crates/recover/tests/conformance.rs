@@ -42,17 +42,7 @@ fn recovery_disk_conforms_served_from_the_point() {
         read_all(&disk) == model,
         "device differs from point + journal"
     );
-    let ext = disk.block_status(0, SIZE as u64).unwrap();
-    let mut pos = 0usize;
-    for e in &ext {
-        if e.zero {
-            assert!(
-                model[pos..pos + e.length as usize].iter().all(|&b| b == 0),
-                "extent at {pos} reported zero over data: {ext:?}"
-            );
-        }
-        pos += e.length as usize;
-    }
+    common::assert_zero_extents_hold_zeros(&disk, &model);
     assert!(!disk.is_hydrated(), "the suite alone must not hydrate");
 
     // Hydrate: the target image is exactly the model.

@@ -94,17 +94,7 @@ fn a_journal_backed_point_is_built_chunk_by_chunk_for_reads_and_hydration() {
         hash(&model),
         "device before hydration"
     );
-    let ext = lifeboat_nbd::BlockDevice::block_status(&disk, 0, SIZE as u64).unwrap();
-    let mut pos = 0usize;
-    for e in &ext {
-        if e.zero {
-            assert!(
-                model[pos..pos + e.length as usize].iter().all(|&b| b == 0),
-                "extent at {pos} reported zero over data: {ext:?}"
-            );
-        }
-        pos += e.length as usize;
-    }
+    common::assert_zero_extents_hold_zeros(&disk, &model);
     let p = disk
         .hydrate(&HydrateConfig::default(), &AtomicBool::new(false))
         .unwrap();

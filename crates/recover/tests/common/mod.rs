@@ -210,3 +210,19 @@ pub fn read_all(dev: &dyn lifeboat_nbd::BlockDevice) -> Vec<u8> {
 pub fn hash(b: &[u8]) -> blake3::Hash {
     blake3::hash(b)
 }
+
+/// Checks that every extent `device` reports as zero over `0..model.len()` is zeroes in
+/// `model` (a zero extent over data would make clients skip real bytes).
+pub fn assert_zero_extents_hold_zeros(device: &dyn lifeboat_nbd::BlockDevice, model: &[u8]) {
+    let ext = device.block_status(0, model.len() as u64).unwrap();
+    let mut pos = 0usize;
+    for e in &ext {
+        if e.zero {
+            assert!(
+                model[pos..pos + e.length as usize].iter().all(|&b| b == 0),
+                "extent at {pos} reported zero over data: {ext:?}"
+            );
+        }
+        pos += e.length as usize;
+    }
+}
