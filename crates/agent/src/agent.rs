@@ -17,9 +17,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use lifeboat_qemu::Accel;
+use lifeboat_store::Store;
 use lifeboat_types::{Epoch, VmId};
 use lifeboat_vault::agent_wire::{
-    HostReport, Protection, RecoverSpec, RecoveredStatus, ReplicaSpec, ReplicaStatus,
+    DigestAnswer, DigestRequest, HostReport, LocalDisks, Protection, RecoverSpec, RecoveredStatus,
+    ReleaseRequest, ReplicaSpec, ReplicaStatus, ResyncRequest, ReverseRequest, SeedRequest,
     ShutdownAnswer, ShutdownRequest, SourceSpec, SourceStatus,
 };
 use lifeboat_vault::error::ErrorBody;
@@ -28,8 +30,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::local::{Released, ReleasedState};
 use crate::recovered::{RecoveredState, RecoveredVm};
 use crate::replica::Replica;
+use crate::replication::Replication;
 use crate::source::SourceVm;
 use crate::state::{file, read_all, write_json};
 use crate::vm;
@@ -81,6 +85,48 @@ pub struct Agent {
     sources: Mutex<HashMap<String, Arc<SourceEntry>>>,
     replicas: Mutex<HashMap<String, Arc<Replica>>>,
     recovered: Mutex<HashMap<String, Arc<RecoveredVm>>>,
+    /// Original disks released for re-protect.
+    released: Mutex<HashMap<String, Arc<Released>>>,
+}
+
+/// Checks the store's epoch for a protected VM restored or opened here: a newer one means
+/// the VM failed over while this host was away, and it is fenced before anything starts.
+async fn check_fence(vm: &VmId, repl: &Replication, p: &Protection) {
+    let store = match Store::open(&p.store_url) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(vm = %vm, error = %e, "cannot open the target store to check fencing");
+            return;
+        }
+    };
+    match store.epoch(vm).await {
+        Ok(e) if e > Epoch(p.epoch) => repl.set_fenced(format!(
+            "VM {vm} failed over while this host was away: region store {} has epoch {}, this \
+             host's journal epoch {}; the VM is not started here and nothing it wrote since is \
+             accepted",
+            p.store_url, e.0, p.epoch
+        )),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(vm = %vm, error = %e, "cannot read the target store's epoch to check fencing")
+        }
+    }
+}
+
+/// Once `repl` is fenced: `halt` stops the VM (killed: its writes can no longer be
+/// replicated, and another copy runs elsewhere).
+fn on_fence<F, Fut>(vm: String, repl: &Replication, halt: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let mut rx = repl.fenced();
+    tokio::spawn(async move {
+        if rx.wait_for(|f| *f).await.is_ok() {
+            tracing::error!(vm, "fenced: the VM failed over to another region; it is stopped here and not started again");
+            halt().await;
+        }
+    });
 }
 
 /// An API error: a status and the whole cause chain.
@@ -151,6 +197,7 @@ impl Agent {
             sources: Mutex::new(HashMap::new()),
             replicas: Mutex::new(HashMap::new()),
             recovered: Mutex::new(HashMap::new()),
+            released: Mutex::new(HashMap::new()),
         });
         agent.restore().await?;
         tracing::info!(host = %agent.cfg.name, region = %agent.cfg.region, %url, "agent ready");
@@ -184,14 +231,26 @@ impl Agent {
                 Err(e) => tracing::error!(vm, error = format!("{e:#}"), "cannot restore replica"),
             }
         }
+        for (vm, st) in read_all::<ReleasedState>(&d.join("state/released"))? {
+            let id = vm_id(&vm).map_err(|e| e.1)?;
+            lock(&self.released).insert(vm, Released::new(id, st));
+        }
         for (vm, st) in read_all::<RecoveredState>(&d.join("state/recovered"))? {
             let id = vm_id(&vm).map_err(|e| e.1)?;
             let running = st.running;
-            let r =
-                RecoveredVm::reopen(id, &self.recovered_dir(&vm), &file(d, "recovered", &vm), st)
-                    .await;
+            let r = RecoveredVm::reopen(
+                id.clone(),
+                &self.recovered_dir(&vm),
+                &file(d, "recovered", &vm),
+                st,
+            )
+            .await;
             match r {
                 Ok(r) => {
+                    if let Some(p) = r.repl.protection() {
+                        check_fence(&id, &r.repl, &p).await;
+                    }
+                    self.watch_recovered(&vm, &r);
                     if running {
                         if let Err(e) = r.start(self.cfg.accel).await {
                             tracing::error!(
@@ -227,13 +286,19 @@ impl Agent {
     async fn put_source(&self, vm: &str, spec: SourceSpec) -> Result<SourceStatus> {
         let id = VmId::new(vm).map_err(|e| anyhow!("VM name {vm:?}: {e}"))?;
         let def = vm::parse_definition(vm, &spec.definition)?;
+        if lock(&self.released).contains_key(vm) || lock(&self.recovered).contains_key(vm) {
+            return Err(anyhow!(
+                "VM {vm} runs here as a recovered VM or its original disks were released for \
+                 re-protect: it is not opened again as a source"
+            ));
+        }
         let existing = lock(&self.sources).get(vm).cloned();
         let entry = match existing {
             Some(e) => e,
             None => {
                 let epoch = Epoch(spec.protect.as_ref().map_or(1, |p| p.epoch));
                 let dir = vm::vm_dir(&self.cfg.data, vm);
-                let s = SourceVm::open(id, &dir, &def, epoch).await?;
+                let s = SourceVm::open(id.clone(), &dir, &def, epoch).await?;
                 let e = Arc::new(SourceEntry {
                     vm: s,
                     state: Mutex::new(SourceState {
@@ -243,9 +308,43 @@ impl Agent {
                     }),
                 });
                 lock(&self.sources).insert(vm.to_string(), e.clone());
+                if let Some(p) = &spec.protect {
+                    check_fence(&id, &e.vm.repl, p).await;
+                }
+                let (weak, data, name) =
+                    (Arc::downgrade(&e), self.cfg.data.clone(), vm.to_string());
+                on_fence(vm.to_string(), &e.vm.repl, move || async move {
+                    let Some(e) = weak.upgrade() else { return };
+                    vm::kill(&e.vm.qemu).await;
+                    let st = {
+                        let mut s = lock(&e.state);
+                        s.running = false;
+                        s.clone()
+                    };
+                    if let Err(err) = write_json(&file(&data, "sources", &name), &st) {
+                        tracing::error!(
+                            vm = name,
+                            error = format!("{err:#}"),
+                            "persisting a fenced VM's state"
+                        );
+                    }
+                });
                 e
             }
         };
+        if let Some(why) = entry.vm.repl.fenced_reason() {
+            vm::kill(&entry.vm.qemu).await;
+            let st = {
+                let mut s = lock(&entry.state);
+                s.running = false;
+                s.clone()
+            };
+            write_json(&file(&self.cfg.data, "sources", vm), &st)?;
+            return Err(anyhow!(
+                "VM {vm} is fenced at host {}: {why}",
+                self.cfg.name
+            ));
+        }
         let running = spec.running.unwrap_or(lock(&entry.state).running);
         let st = SourceState {
             definition: spec.definition.clone(),
@@ -284,9 +383,101 @@ impl Agent {
         r.replicas = lock(&self.replicas).values().map(|x| x.status()).collect();
         let recovered: Vec<_> = lock(&self.recovered).values().cloned().collect();
         for x in recovered {
+            if x.repl.is_on() || x.repl.fenced_reason().is_some() {
+                r.sources.push(x.source_status().await);
+            }
             r.recovered.push(x.status().await);
         }
         r
+    }
+
+    fn watch_recovered(&self, _vm: &str, r: &Arc<RecoveredVm>) {
+        let weak = Arc::downgrade(r);
+        on_fence(r.vm().to_string(), &r.repl, move || async move {
+            if let Some(r) = weak.upgrade() {
+                r.halt().await;
+            }
+        });
+    }
+
+    /// Closes the old source or recovered VM of `vm` for good and keeps its disks for
+    /// re-protect (see `crate::local`).
+    async fn release(&self, vm: &str, after_seq: u64) -> Result<LocalDisks> {
+        let id = VmId::new(vm).map_err(|e| anyhow!("VM name {vm:?}: {e}"))?;
+        let released = lock(&self.released).get(vm).cloned();
+        if let Some(r) = released {
+            return Ok(r.status(Some(after_seq)));
+        }
+        let src = lock(&self.sources).get(vm).cloned();
+        let rec = lock(&self.recovered).get(vm).cloned();
+        let st = if let Some(e) = src {
+            e.vm.close().await;
+            ReleasedState {
+                kind: "source".into(),
+                images: e.vm.images(),
+                journal_dir: e.vm.journal_dir(),
+            }
+        } else if let Some(r) = rec {
+            if !r.is_committed() {
+                return Err(anyhow!(
+                    "VM {vm} runs here from a failover that was not committed: its disks \
+                     cannot seed re-protect"
+                ));
+            }
+            r.close(false).await?;
+            ReleasedState {
+                kind: "recovered".into(),
+                images: r.images(),
+                journal_dir: r.journal_dir(),
+            }
+        } else {
+            ReleasedState {
+                kind: "none".into(),
+                images: Vec::new(),
+                journal_dir: self.cfg.data.join("vms").join(vm).join("journal"),
+            }
+        };
+        write_json(&file(&self.cfg.data, "released", vm), &st)?;
+        for role in ["sources", "recovered"] {
+            match std::fs::remove_file(file(&self.cfg.data, role, vm)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(anyhow!("removing the {role} state of VM {vm}: {e}"))
+                }
+                _ => {}
+            }
+        }
+        lock(&self.sources).remove(vm);
+        lock(&self.recovered).remove(vm);
+        let r = Released::new(id, st);
+        lock(&self.released).insert(vm.to_string(), r.clone());
+        tracing::info!(vm, kind = %r.state.kind, "original disks released for re-protect");
+        Ok(r.status(Some(after_seq)))
+    }
+
+    /// What this host has of `vm` that re-protect could reuse (changes nothing).
+    async fn local(&self, vm: &str) -> Result<LocalDisks> {
+        let released = lock(&self.released).get(vm).cloned();
+        if let Some(r) = released {
+            return Ok(r.status(None));
+        }
+        let src = lock(&self.sources).get(vm).cloned();
+        let rec = lock(&self.recovered).get(vm).cloned();
+        let (kind, images) = match (src, rec) {
+            (Some(e), _) => ("source", e.vm.images()),
+            (None, Some(r)) if r.is_committed() => ("recovered", r.images()),
+            (None, Some(_)) => ("recovered-uncommitted", Vec::new()),
+            (None, None) => ("none", Vec::new()),
+        };
+        let u = crate::local::usable(&images);
+        Ok(LocalDisks {
+            vm: vm.to_string(),
+            kind: kind.into(),
+            images: images.iter().map(|p| p.display().to_string()).collect(),
+            sizes: u.as_ref().ok().cloned(),
+            unusable: u.err(),
+            old_spool: None,
+            seed: None,
+        })
     }
 
     async fn close_all(&self) {
@@ -303,6 +494,9 @@ impl Agent {
             if let Err(e) = r.close(false).await {
                 tracing::warn!(vm, error = format!("{e:#}"), "closing a recovered VM");
             }
+        }
+        for (_, r) in lock(&self.released).drain() {
+            r.stop();
         }
         tracing::info!(host = %self.cfg.name, "agent stopped cleanly");
     }
@@ -418,6 +612,9 @@ fn router(a: Arc<Agent>) -> Router {
                 .delete(delete_recovered),
         )
         .route("/agent/v1/recovered/{vm}/{verb}", post(recovered_verb))
+        .route("/agent/v1/local/{vm}", get(get_local).delete(delete_local))
+        .route("/agent/v1/local/{vm}/{verb}", post(local_verb))
+        .route("/agent/v1/vms/{vm}/{verb}", post(vm_verb))
         .layer(middleware::from_fn_with_state(a.clone(), auth))
         .with_state(a)
 }
@@ -430,6 +627,12 @@ async fn get_source(
     State(a): State<Arc<Agent>>,
     Path(vm): Path<String>,
 ) -> ApiResult<SourceStatus> {
+    let rec = lock(&a.recovered).get(&vm).cloned();
+    if let Some(r) = rec {
+        if r.repl.is_on() || r.repl.fenced_reason().is_some() {
+            return Ok(Json(r.source_status().await));
+        }
+    }
     let e = find(&a.sources, "source", &vm)?;
     Ok(Json(a.source_status(&vm, &e).await))
 }
@@ -467,6 +670,11 @@ async fn shutdown_source(
         body("shutdown", &b)?
     };
     let _one = a.ops.lock().await;
+    let rec = lock(&a.recovered).get(&vm).cloned();
+    if let Some(r) = rec {
+        let t = Duration::from_secs(req.timeout_secs.clamp(1, 600));
+        return Ok(Json(r.shutdown(t).await.map_err(failed)?));
+    }
     let e = find(&a.sources, "source", &vm)?;
     let ans =
         e.vm.shutdown(Duration::from_secs(req.timeout_secs.clamp(1, 600)))
@@ -565,6 +773,7 @@ async fn put_recovered(
     )
     .await
     .map_err(failed)?;
+    a.watch_recovered(&vm, &r);
     lock(&a.recovered).insert(vm, r.clone());
     Ok(Json(r.status().await))
 }
@@ -581,10 +790,15 @@ async fn delete_recovered(
     Ok(Json(serde_json::json!({})))
 }
 
+fn to_value<T: Serialize>(v: &T) -> Result<serde_json::Value, ApiErr> {
+    serde_json::to_value(v).map_err(|e| failed(anyhow!("encoding the answer: {e}")))
+}
+
 async fn recovered_verb(
     State(a): State<Arc<Agent>>,
     Path((vm, verb)): Path<(String, String)>,
-) -> ApiResult<RecoveredStatus> {
+    b: Bytes,
+) -> ApiResult<serde_json::Value> {
     let _one = a.ops.lock().await;
     let r = find(&a.recovered, "recovered", &vm)?;
     match verb.as_str() {
@@ -593,11 +807,119 @@ async fn recovered_verb(
             r.stop().await.map_err(failed)?;
         }
         "commit" => r.request_commit().map_err(failed)?,
+        "reverse" => {
+            let req: ReverseRequest = body("reverse", &b)?;
+            return Ok(Json(to_value(&r.reverse(req).await.map_err(failed)?)?));
+        }
+        "digests" => {
+            let req: DigestRequest = body("digests", &b)?;
+            let (sizes, disks) = r.digests(req.block).await.map_err(failed)?;
+            return Ok(Json(to_value(&DigestAnswer {
+                block: req.block,
+                sizes,
+                disks,
+            })?));
+        }
+        "resync" => {
+            let req: ResyncRequest = body("resync", &b)?;
+            r.resync(req).map_err(failed)?;
+        }
         _ => {
             return Err(bad(anyhow!(
-                "unknown action {verb:?} on recovered VM {vm}: use start, stop or commit"
+                "unknown action {verb:?} on recovered VM {vm}: use start, stop, commit, \
+                 reverse, digests or resync"
             )))
         }
     }
-    Ok(Json(r.status().await))
+    Ok(Json(to_value(&r.status().await)?))
+}
+
+async fn get_local(State(a): State<Arc<Agent>>, Path(vm): Path<String>) -> ApiResult<LocalDisks> {
+    vm_id(&vm)?;
+    Ok(Json(a.local(&vm).await.map_err(failed)?))
+}
+
+async fn local_verb(
+    State(a): State<Arc<Agent>>,
+    Path((vm, verb)): Path<(String, String)>,
+    b: Bytes,
+) -> ApiResult<serde_json::Value> {
+    vm_id(&vm)?;
+    let _one = a.ops.lock().await;
+    match verb.as_str() {
+        "release" => {
+            let req: ReleaseRequest = body("release", &b)?;
+            Ok(Json(to_value(
+                &a.release(&vm, req.after_seq).await.map_err(failed)?,
+            )?))
+        }
+        "digests" => {
+            let req: DigestRequest = body("digests", &b)?;
+            let r = find(&a.released, "released", &vm)?;
+            Ok(Json(to_value(
+                &r.digests(req.block).await.map_err(failed)?,
+            )?))
+        }
+        "seed" => {
+            let req: SeedRequest = body("seed", &b)?;
+            let r = find(&a.released, "released", &vm)?;
+            r.seed(req);
+            Ok(Json(to_value(&r.status(None))?))
+        }
+        _ => Err(bad(anyhow!(
+            "unknown action {verb:?} on the local disks of VM {vm}: use release, digests or seed"
+        ))),
+    }
+}
+
+async fn delete_local(
+    State(a): State<Arc<Agent>>,
+    Path(vm): Path<String>,
+) -> ApiResult<serde_json::Value> {
+    let _one = a.ops.lock().await;
+    if let Some(r) = lock(&a.released).remove(&vm) {
+        r.stop();
+    }
+    match std::fs::remove_file(file(&a.cfg.data, "released", &vm)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(failed(anyhow!("removing the released state: {e}"))),
+    }
+    Ok(Json(serde_json::json!({})))
+}
+
+/// Starts or stops a VM wherever it runs on this host (recovered or source).
+async fn vm_verb(
+    State(a): State<Arc<Agent>>,
+    Path((vm, verb)): Path<(String, String)>,
+) -> ApiResult<serde_json::Value> {
+    let running = match verb.as_str() {
+        "start" => true,
+        "stop" => false,
+        _ => {
+            return Err(bad(anyhow!(
+                "unknown action {verb:?} on VM {vm}: use start or stop"
+            )))
+        }
+    };
+    let _one = a.ops.lock().await;
+    let rec = lock(&a.recovered).get(&vm).cloned();
+    if let Some(r) = rec {
+        if running {
+            r.start(a.cfg.accel).await.map_err(failed)?;
+        } else {
+            r.stop().await.map_err(failed)?;
+        }
+        return Ok(Json(to_value(&r.status().await)?));
+    }
+    let e = find(&a.sources, "source", &vm)?;
+    let st = lock(&e.state).clone();
+    let spec = SourceSpec {
+        definition: st.definition,
+        running: Some(running),
+        protect: st.protect,
+    };
+    Ok(Json(to_value(
+        &a.put_source(&vm, spec).await.map_err(failed)?,
+    )?))
 }

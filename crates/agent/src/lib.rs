@@ -38,9 +38,12 @@
 //! before a VM starts again.
 
 pub mod agent;
+pub mod digest;
+pub mod local;
 pub mod pick;
 pub mod recovered;
 pub mod replica;
+pub mod replication;
 pub mod source;
 pub mod state;
 pub mod vm;

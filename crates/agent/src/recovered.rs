@@ -27,8 +27,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::replication::{ReplDisk, Replication};
 use crate::state::write_json;
 use crate::vm::{self, QemuSlot};
+
+#[path = "reverse.rs"]
+mod reverse;
+pub use reverse::ReverseState;
 
 /// How long after a failed hydration run it starts again.
 pub const HYDRATION_RETRY: Duration = Duration::from_secs(5);
@@ -75,6 +80,14 @@ pub struct RecoveredVm {
     server: Mutex<Option<JoinHandle<()>>>,
     /// QEMU, when it runs.
     pub qemu: QemuSlot,
+    /// The journal (the source of a reverse replication after re-protect).
+    journal: Arc<Journal>,
+    /// Replication of the journal back to the original region (off until re-protect).
+    pub repl: Arc<Replication>,
+    /// Re-protect's state (`<dir>/reverse.json`) and its resync run.
+    reverse: Mutex<Option<ReverseState>>,
+    resync: Mutex<Option<JoinHandle<()>>>,
+    resync_status: Arc<Mutex<lifeboat_vault::agent_wire::ReverseStatus>>,
 }
 
 impl RecoveredVm {
@@ -122,7 +135,7 @@ impl RecoveredVm {
             committed: false,
         };
         write_json(state_file, &state)?;
-        Self::serve(vm, dir, state_file, state, def, disks)
+        Self::serve(vm, dir, state_file, state, def, journal, disks).await
     }
 
     /// Reopens a recovery after a restart of the agent.
@@ -154,15 +167,16 @@ impl RecoveredVm {
             };
             disks.push(open_disk(opts, source).await?);
         }
-        Self::serve(vm, dir, state_file, state, def, disks)
+        Self::serve(vm, dir, state_file, state, def, journal, disks).await
     }
 
-    fn serve(
+    async fn serve(
         vm: VmId,
         dir: &Path,
         state_file: &Path,
         state: RecoveredState,
         def: VmDefinition,
+        journal: Arc<Journal>,
         disks: Vec<Arc<RecoveryDisk>>,
     ) -> Result<Arc<RecoveredVm>> {
         let devices = disks
@@ -176,6 +190,15 @@ impl RecoveredVm {
         let first = Instant::now() + HYDRATION_DELAY;
         let hydrations = disks.iter().map(|_| (None, first)).collect();
         tracing::info!(vm = %vm, point = %state.point, "recovered VM's disks served");
+        let repl = Replication::new(
+            vm.clone(),
+            journal.clone(),
+            disks
+                .iter()
+                .map(|d| d.clone() as Arc<dyn ReplDisk>)
+                .collect(),
+        );
+        let reverse = ReverseState::load(dir)?;
         let me = Arc::new(RecoveredVm {
             vm,
             dir: dir.to_path_buf(),
@@ -188,7 +211,15 @@ impl RecoveredVm {
             server: Mutex::new(Some(task)),
             qemu: QemuSlot::default(),
             keeper: Mutex::new(None),
+            journal,
+            repl,
+            reverse: Mutex::new(None),
+            resync: Mutex::new(None),
+            resync_status: Arc::default(),
         });
+        if let Some(r) = reverse {
+            me.resume_reverse(r).await?;
+        }
         let weak = Arc::downgrade(&me);
         *lock(&me.keeper) = Some(tokio::spawn(async move {
             loop {
@@ -224,6 +255,12 @@ impl RecoveredVm {
 
     /// Starts QEMU on the recovered disks.
     pub async fn start(&self, accel: Accel) -> Result<()> {
+        if let Some(why) = self.repl.fenced_reason() {
+            anyhow::bail!(
+                "VM {} is not started at this host: it failed over elsewhere ({why})",
+                self.vm
+            );
+        }
         self.update(|s| s.running = true)?;
         let def = vm::qemu_definition(
             self.vm.as_str(),
@@ -309,6 +346,7 @@ impl RecoveredVm {
             hydration_secs: secs,
             committed: s.committed,
             error,
+            reverse: self.reverse_status(),
         }
     }
 
@@ -329,6 +367,10 @@ impl RecoveredVm {
         tokio::task::spawn_blocking(move || drop(hs))
             .await
             .context("stopping hydration")?;
+        if let Some(t) = lock(&self.resync).take() {
+            t.abort();
+        }
+        self.repl.close().await;
         let _ = self.stop_tx.send(true);
         let task = lock(&self.server).take();
         if let Some(t) = task {

@@ -115,6 +115,19 @@ pub struct OpArgs {
     no_wait: bool,
 }
 
+/// `lifeboat reprotect`.
+#[derive(clap::Args)]
+pub struct ReprotectArgs {
+    /// The VM (its failover committed).
+    vm: String,
+    /// Go ahead without asking (the plan is still shown).
+    #[arg(long)]
+    yes: bool,
+    /// Return at once instead of following the job.
+    #[arg(long)]
+    no_wait: bool,
+}
+
 #[derive(Subcommand)]
 pub enum JobCmd {
     /// Follow a job until it ends.
@@ -382,6 +395,52 @@ pub fn operate(c: &VaultConn, op: &str, a: OpArgs) -> Result<()> {
     finish_op(&cl, job, a.no_wait)
 }
 
+/// Re-protect: shows the plan (direction, what is created "(new)", what is reused), asks
+/// unless `--yes`, then runs the job.
+pub fn reprotect(c: &VaultConn, a: ReprotectArgs) -> Result<()> {
+    let cl = Client::new(c)?;
+    let plan = cl.get(&format!("/api/items/{}/reprotect-plan", a.vm))?;
+    let list = |k: &str| -> Vec<String> {
+        plan[k]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    };
+    // The plan goes to stderr with JSON output, so that stdout stays one JSON document.
+    let show = |line: String| {
+        if cl.format == Format::Json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
+    show(format!("Re-protect VM {}: {}", a.vm, s(&plan, "direction")));
+    for r in list("create") {
+        show(format!("  create: {r}"));
+    }
+    for r in list("reuse") {
+        show(format!("  reuse:  {r}"));
+    }
+    show(format!("  sends:  {}", s(&plan, "sync")));
+    if !a.yes {
+        use std::io::{BufRead, IsTerminal, Write};
+        if !std::io::stdin().is_terminal() {
+            anyhow::bail!("re-protect of VM {} not started: confirm with --yes", a.vm);
+        }
+        print!("Re-protect? [y/N] ");
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            anyhow::bail!("re-protect of VM {} not started", a.vm);
+        }
+    }
+    let job = cl.post(&format!("/api/items/{}/reprotect", a.vm), json!({}))?;
+    finish_op(&cl, job, a.no_wait)
+}
+
 pub fn hosts(c: &VaultConn) -> Result<()> {
     let cl = Client::new(c)?;
     let v = cl.get("/api/hosts")?;
@@ -550,6 +609,23 @@ pub fn jobs(c: &VaultConn) -> Result<()> {
                 s(j, "vm"),
                 s(j, "status"),
                 s(j, "progress")
+            );
+        }
+    })
+}
+
+/// Events (oldest first): warnings such as a fenced host coming back, job results.
+pub fn events(c: &VaultConn) -> Result<()> {
+    let cl = Client::new(c)?;
+    let v = cl.get("/api/events?limit=10000")?;
+    cl.print(&v, |v| {
+        for e in v.as_array().into_iter().flatten() {
+            println!(
+                "{} {:<8} {:<16} {}",
+                utc(&e["at"]),
+                s(e, "level"),
+                s(e, "vm"),
+                s(e, "message")
             );
         }
     })

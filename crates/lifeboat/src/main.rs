@@ -122,6 +122,19 @@ enum Command {
         #[command(flatten)]
         args: client::OpArgs,
     },
+    /// Replicate a committed VM back to the region it came from, reusing its original disks
+    /// there; shows the plan first (vault API). Failback = failover, commit, reprotect again.
+    Reprotect {
+        #[command(flatten)]
+        conn: client::VaultConn,
+        #[command(flatten)]
+        args: client::ReprotectArgs,
+    },
+    /// Events, oldest first (vault API).
+    Events {
+        #[command(flatten)]
+        conn: client::VaultConn,
+    },
     /// Jobs, newest first (vault API).
     Jobs {
         #[command(flatten)]
@@ -201,7 +214,9 @@ fn main() -> std::process::ExitCode {
             client::operate(&conn, "change-recovery-point", args)
         }
         Command::Commit { conn, args } => client::operate(&conn, "commit", args),
+        Command::Reprotect { conn, args } => client::reprotect(&conn, args),
         Command::Jobs { conn } => client::jobs(&conn),
+        Command::Events { conn } => client::events(&conn),
         Command::Job { conn, cmd } => client::job(&conn, cmd),
     };
     match result {

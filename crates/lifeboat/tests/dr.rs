@@ -14,20 +14,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{serial, wait_boot, wait_seq, Cluster};
+use common::cluster::{serial, step, wait_boot, wait_seq, Cluster};
 use lifeboat_qemu::seqwriter;
 use lifeboat_testkit::{tempdir, wait_until};
 use serde_json::Value;
 
 const BOOT: Duration = Duration::from_secs(120);
-
-/// The step named `name` of job JSON `job`.
-fn step<'a>(job: &'a Value, name: &str) -> &'a Value {
-    job["steps"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["name"] == name))
-        .unwrap_or_else(|| panic!("job has no step {name}: {job}"))
-}
 
 /// The recovery point a failover or change-recovery-point job recovered from: (label, seq).
 fn recovered_point(job: &Value) -> (String, u64) {

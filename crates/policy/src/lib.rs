@@ -93,6 +93,13 @@
 //! Warning when the RPO is over 5 min or unknown, the newest crash-consistent point is older
 //! than twice the policy's interval, or app-consistent points (when on) are two periods late.
 //!
+//! # Re-protect's resync plan ([`plan_resync`])
+//!
+//! Which ranges go back from the failed-over VM to the original disks: the union of what the
+//! recovered VM wrote and what the old source wrote after the point when the journals cover it
+//! without a gap, else block digests compared, else (original disks gone) a full copy. See
+//! [`resync`].
+//!
 //! # The checkpoint schedule ([`due_checkpoints`])
 //!
 //! A crash-consistent point is due when the crash-consistent interval has passed since the newest
@@ -105,6 +112,7 @@
 mod duration;
 mod health;
 mod policy;
+pub mod resync;
 mod schedule;
 mod thinning;
 
@@ -119,6 +127,7 @@ pub use policy::{
     MAX_APP_CONSISTENT_FREQUENCY, MAX_CRASH_CONSISTENT_INTERVAL, MAX_NAME_CHARS, MAX_RETENTION,
     MIN_APP_CONSISTENT_FREQUENCY, MIN_CRASH_CONSISTENT_INTERVAL, MIN_RETENTION,
 };
+pub use resync::{diff_digests, plan_resync, Covered, ResyncInputs, ResyncPlan};
 pub use schedule::{due_checkpoints, next_due_in, Due};
 pub use thinning::{
     bucket_width_for_age, format_utc, points_to_keep, Bucket, DropReason, KeepPlan, PointMeta,

@@ -261,6 +261,57 @@ impl RecoveryDisk {
         self.bits.get(i)
     }
 
+    /// The disk's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.header.disk_size
+    }
+
+    /// The journal position up to which every record is in the target image (writes in flight
+    /// finish first: the gate is taken exclusively for the read).
+    pub fn position(&self) -> Seq {
+        let _g = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        self.journal.last_seq()
+    }
+
+    /// Re-journals `[offset, offset + len)` as it is now (re-protect's resync): under the
+    /// range's chunk locks the image's bytes are read and appended as one WRITE record (a ZERO
+    /// record when they are all zero), so the record takes its place in the journal's order
+    /// and a replay of the journal through it yields the image's bytes there. The range's
+    /// chunks must be local (the disk is hydrated); nothing is written to the image.
+    pub fn rewrite(&self, offset: u64, len: u64) -> Result<Seq, RecoverError> {
+        let size = self.header.disk_size;
+        if len == 0 || offset.checked_add(len).is_none_or(|e| e > size) {
+            return Err(self.unavailable(format!(
+                "re-journaling {offset}+{len}: outside the disk of {size} bytes"
+            )));
+        }
+        let (first, last) = self.chunk_range(offset, len);
+        if let Some(c) = (first..=last).find(|&c| !self.is_local(c)) {
+            return Err(self.unavailable(format!(
+                "re-journaling {offset}+{len}: chunk {c} is not local yet (hydrate first)"
+            )));
+        }
+        let mut buf = vec![0u8; len as usize];
+        let _g = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let _locks: Vec<_> = (first..=last).filter_map(|c| self.lock_chunk(c)).collect();
+        self.image
+            .read_at(offset, &mut buf)
+            .map_err(|source| RecoverError::Image {
+                path: self.image.path().to_path_buf(),
+                source,
+            })?;
+        let appended = if buf.iter().all(|&b| b == 0) {
+            self.journal.append_zero(self.disk, offset, len)
+        } else {
+            self.journal.append_write(self.disk, offset, &buf)
+        };
+        appended.map_err(|source| RecoverError::Journal {
+            dir: self.journal.dir().to_path_buf(),
+            disk: self.disk,
+            source,
+        })
+    }
+
     /// Whether every chunk is local: the disk no longer needs the store.
     pub fn is_hydrated(&self) -> bool {
         self.local_chunks() == self.chunk_count()

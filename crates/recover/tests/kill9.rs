@@ -12,7 +12,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
-use lifeboat_nbd::BlockDevice;
 use lifeboat_recover::{RecoveryDisk, RecoveryOptions, Source};
 use lifeboat_testkit::{hash_file, run_ok, Procs};
 use lifeboat_types::DiskId;

@@ -116,6 +116,14 @@ impl Shipper {
         }
     }
 
+    /// Ships only segments with records after `seq` from now on: the target has everything up
+    /// to it another way (re-protect: it seeds the store itself from the original disks).
+    /// Segments entirely at or below `seq` leave the spool once the disks' images hold them.
+    pub fn start_after(&self, seq: Seq) {
+        let mut s = self.shipped.lock().unwrap_or_else(|p| p.into_inner());
+        *s = (*s).max(seq);
+    }
+
     /// Sends every sealed segment the spool holds, oldest first, then removes from the spool
     /// the shipped segments whose records are all at or below `keep_after` (the lowest applied
     /// watermark of the VM's disks). Stops at the first failure; what was shipped before it

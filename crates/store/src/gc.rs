@@ -188,6 +188,23 @@ impl Store {
                                 rep.bad.push(bad(key, chain(&e)));
                             }
                         }
+                        (Some(_), [_, _, "divergence.json"]) => {
+                            let got = self.backend.get(key).await.map_err(|e| chain(&e)).and_then(
+                                |obj| {
+                                    crate::format::decode_json(
+                                        &obj,
+                                        crate::divergence::DIVERGENCE_FORMAT,
+                                        |r: &crate::divergence::DivergenceRecord| {
+                                            (&r.format, r.version)
+                                        },
+                                    )
+                                    .map_err(|p| p.to_string())
+                                },
+                            );
+                            if let Err(e) = got {
+                                rep.bad.push(bad(key, e));
+                            }
+                        }
                         (Some(_), [_, _, "writer-lease"]) => {
                             if let Err(e) = self.get_json::<LeaseRecord>(key, LEASE_FORMAT).await {
                                 rep.bad.push(bad(key, chain(&e)));

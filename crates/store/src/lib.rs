@@ -152,6 +152,7 @@
 //! ([`StoreConfig::chunk_size`]); a disk keeps the chunk size it was created with.
 
 mod backend;
+mod divergence;
 mod error;
 pub mod format;
 mod gc;
@@ -162,6 +163,7 @@ mod writer;
 pub use backend::{
     conformance, open_url, Backend, ObjectBackend, ObjectInfo, OpenOptions, PutMode, PutOutcome,
 };
+pub use divergence::{divergence_key, DivergenceRecord, DIVERGENCE_FORMAT};
 pub use error::{FormatError, Result, StoreError};
 pub use format::{Entry, ObjectId, PointDisk, PointOrigin, PointRecord, Root};
 pub use gc::{BadObject, GcReport, VerifyReport, CLOCK_MARGIN};

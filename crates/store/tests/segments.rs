@@ -256,3 +256,47 @@ async fn overlapping_segments_are_refused_and_racing_failovers_have_one_winner()
     assert_eq!(store.epoch(&v).await.unwrap(), Epoch(2));
     assert!(store.verify().await.unwrap().is_ok());
 }
+
+#[tokio::test]
+async fn commit_summarizes_what_was_written_after_a_point_unless_a_record_is_missing() {
+    let store = memory_store();
+    let v = vm("vm1");
+    // Records 1..=10 write 8 bytes at (i * 4096) for i = 0..10, 11..=20 the same again.
+    for first in [1, 11] {
+        let s = segment(&v, 1, first, 10);
+        store
+            .put_segment(&v, Epoch(1), Seq(first), Seq(first + 9), s)
+            .await
+            .unwrap();
+    }
+    let sum = store.summarize_after(&v, Seq(15)).await.unwrap().unwrap();
+    assert_eq!((sum.point_seq, sum.through_seq), (15, 20));
+    // Records 16..=20 are i = 5..10 of the second segment.
+    let want: Vec<(u64, u64)> = (5..10).map(|i| (i * 4096, 8)).collect();
+    assert_eq!(sum.disks[0].ranges(), want.as_slice());
+    store.put_divergence(&v, &sum).await.unwrap();
+    assert_eq!(store.get_divergence(&v).await.unwrap(), Some(sum));
+    assert!(store.verify().await.unwrap().is_ok());
+    store.delete_divergence(&v).await.unwrap();
+    assert_eq!(store.get_divergence(&v).await.unwrap(), None);
+    // A hole after the point: nothing can be said.
+    let seg = store.list_segments(&v).await.unwrap()[0].clone();
+    store.delete_segment(&v, &seg).await.unwrap();
+    assert_eq!(store.summarize_after(&v, Seq(3)).await.unwrap(), None);
+    // A bad summary is named by verify.
+    store
+        .backend()
+        .put(
+            "vms/vm1/divergence.json",
+            Bytes::from_static(b"{\"format\":\"x\"}"),
+            lifeboat_store::PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    assert!(store.get_divergence(&v).await.is_err());
+    let rep = store.verify().await.unwrap();
+    assert!(
+        rep.bad.iter().any(|b| b.key.contains("divergence")),
+        "{rep:?}"
+    );
+}

@@ -135,6 +135,23 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// Polls `cond` as [`wait_until`] does; returns whether it became true before `timeout`
+/// (for tests that explain a timeout themselves).
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
 /// Waits until a unix socket at `path` accepts connections.
 pub fn wait_for_socket(path: &Path, timeout: Duration) {
     wait_until(timeout, &format!("socket {}", path.display()), || {

@@ -25,6 +25,10 @@
 //! Each enum has a stable one-byte wire code (`code()` / `from_code()`), frozen once released,
 //! because it is written into on-disk formats.
 //!
+//! ## Diverged ranges
+//!
+//! [`Extents`]: a sorted, merged set of byte ranges of a disk (what re-protect sends).
+//!
 //! ## Replicated items
 //!
 //! [`item`]: the item state machine as pure functions — [`ItemState`], [`Operation`],
@@ -33,7 +37,9 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub mod extents;
 pub mod item;
+pub use extents::Extents;
 pub use item::{allowed_operations, ItemState, Operation, Outcome, Refused};
 
 /// Errors from parsing the shared types out of untrusted text or bytes.

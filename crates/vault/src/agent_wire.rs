@@ -19,6 +19,23 @@
 //! | `PUT /agent/v1/recovered/{vm}` | [`RecoverSpec`] | [`RecoveredStatus`] |
 //! | `POST /agent/v1/recovered/{vm}/commit` | | [`RecoveredStatus`] |
 //! | `DELETE /agent/v1/recovered/{vm}` | | `{}` |
+//! | `POST /agent/v1/recovered/{vm}/reverse` | [`ReverseRequest`] | [`ReverseAnswer`] |
+//! | `POST /agent/v1/recovered/{vm}/digests` | [`DigestRequest`] | [`DigestAnswer`] |
+//! | `POST /agent/v1/recovered/{vm}/resync` | [`ResyncRequest`] | [`RecoveredStatus`] |
+//! | `GET /agent/v1/local/{vm}` | | [`LocalDisks`] |
+//! | `POST /agent/v1/local/{vm}/release` | [`ReleaseRequest`] | [`LocalDisks`] |
+//! | `POST /agent/v1/local/{vm}/digests` | [`DigestRequest`] | [`DigestAnswer`] |
+//! | `POST /agent/v1/local/{vm}/seed` | [`SeedRequest`] | [`LocalDisks`] |
+//! | `DELETE /agent/v1/local/{vm}` | | `{}` |
+//! | `POST /agent/v1/vms/{vm}/start`, `.../stop` | | the VM's status |
+//!
+//! Re-protect (the vault's `reprotect` job): the host with the **original disks** releases
+//! them (`local/{vm}/release`: the old source or recovered VM is closed, never started again,
+//! and its journal's writes after the recovery point are summarized); the host running the VM
+//! turns its journal into the source of a reverse replication (`recovered/{vm}/reverse`: the
+//! position `p0` from which it ships, and the resync plan) and re-journals what diverged
+//! (`resync`); the original host seeds its region's store from the original disks as the
+//! initial copy at `p0`, consistent from the resync's end (`local/{vm}/seed`).
 //!
 //! Errors are the vault's [`crate::error::ErrorBody`] (`error` and `causes`).
 //!
@@ -193,6 +210,9 @@ pub struct RecoveredStatus {
     pub committed: bool,
     /// The last hydration error.
     pub error: Option<String>,
+    /// Reverse replication (re-protect), when on.
+    #[serde(default)]
+    pub reverse: Option<ReverseStatus>,
 }
 
 /// Everything an agent runs (its answer to `GET /agent/v1/status`, and its report to the vault).
@@ -204,4 +224,137 @@ pub struct HostReport {
     pub replicas: Vec<ReplicaStatus>,
     /// Recovered VMs.
     pub recovered: Vec<RecoveredStatus>,
+}
+
+/// What the original disks' host knows, for the resync plan (see `lifeboat_policy::resync`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReverseRequest {
+    /// Where the reverse replication ships (the original region's store), with the epoch.
+    pub protect: Protection,
+    /// The original disks' sizes; absent when they cannot be reused.
+    #[serde(default)]
+    pub original_sizes: Option<Vec<u64>>,
+    /// Why the original disks cannot be reused.
+    #[serde(default)]
+    pub unusable: Option<String>,
+    /// The old source's writes after the point as summarized at commit.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub after_point_store: Option<lifeboat_policy::Covered>,
+    /// The old source's spool after the point.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub old_spool: Option<lifeboat_policy::Covered>,
+}
+
+/// The resync plan a recovered VM made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReverseAnswer {
+    /// The reverse replication ships the records after this position.
+    pub p0: u64,
+    /// `delta`, `digests` or `full`.
+    pub plan: String,
+    /// Why not `delta`.
+    pub why: Option<String>,
+    /// For `delta`: the bytes to send.
+    pub bytes: u64,
+    /// For `delta`: the ranges to send.
+    pub ranges: u64,
+}
+
+/// Block digests of a VM's disks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DigestRequest {
+    /// Block size in bytes.
+    pub block: u64,
+}
+
+/// Block digests (16 bytes of BLAKE3 per block, hex, concatenated), per disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DigestAnswer {
+    /// Block size in bytes.
+    pub block: u64,
+    /// Disk sizes.
+    pub sizes: Vec<u64>,
+    /// Per disk, the digests.
+    pub disks: Vec<String>,
+}
+
+/// What a resync sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ResyncRequest {
+    /// The ranges of the plan the reverse call made (`delta`).
+    Planned,
+    /// These ranges, per disk (from digests).
+    Ranges {
+        /// Per disk.
+        #[schema(value_type = Object)]
+        disks: Vec<lifeboat_types::Extents>,
+    },
+    /// Everything: a full initial copy into the store.
+    Full,
+}
+
+/// A reverse replication's resync.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReverseStatus {
+    /// It ships the records after this position.
+    pub p0: u64,
+    /// The resync asked for (`planned`, `ranges`, `full`), if any.
+    pub resync: Option<String>,
+    /// Percent done.
+    pub percent: u8,
+    /// Bytes re-journaled (or copied) so far.
+    pub bytes: u64,
+    /// Done: every diverged range is in the journal at or before `end`.
+    pub done: bool,
+    /// The journal position after the resync.
+    pub end: Option<u64>,
+    /// The last error (it is retried).
+    pub error: Option<String>,
+}
+
+/// Release of the original disks of a VM at this host (re-protect reuses them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    /// The recovery point's position (in this host's journal): writes after it are summarized.
+    pub after_seq: u64,
+}
+
+/// Seed the original region's store from the released disks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SeedRequest {
+    /// The store.
+    pub store_url: String,
+    /// The epoch of the reverse replication.
+    pub epoch: u64,
+    /// The initial copy's position (the reverse's `p0`).
+    pub start: u64,
+    /// The position from which it is consistent (the resync's end).
+    pub end: u64,
+}
+
+/// A VM's disks at this host that re-protect can reuse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LocalDisks {
+    /// The VM.
+    pub vm: String,
+    /// `source` (its original disks), `recovered` (disks of an earlier failover) or `released`.
+    pub kind: String,
+    /// The images.
+    pub images: Vec<String>,
+    /// Their sizes (absent when unusable).
+    pub sizes: Option<Vec<u64>>,
+    /// Why they cannot be reused.
+    pub unusable: Option<String>,
+    /// The journal's writes after the asked position (on release).
+    #[schema(value_type = Object)]
+    pub old_spool: Option<lifeboat_policy::Covered>,
+    /// Seeding of the store from them.
+    pub seed: Option<CopyState>,
 }

@@ -95,6 +95,26 @@ impl Vault {
                 let Ok(item) = read_item(tx, &s.vm) else {
                     continue;
                 };
+                if let (Some(why), true) = (&s.fenced, item.active_region != region) {
+                    // Split brain refused: say so once per host and epoch.
+                    let msg = format!(
+                        "host {host} in region {region} came back with VM {} as a replicating \
+                         source of epoch {}, but the VM failed over to region {} (epoch {}): \
+                         fenced, nothing it sends is accepted and the old VM is not started ({why})",
+                        s.vm, s.epoch, item.active_region, item.epoch
+                    );
+                    let seen: Option<i64> = tx
+                        .query_row(
+                            "SELECT id FROM events WHERE vm = ?1 AND message = ?2 LIMIT 1",
+                            params![s.vm, msg],
+                            |row| row.get(0),
+                        )
+                        .optional()
+                        .map_err(sql("reading events"))?;
+                    if seen.is_none() {
+                        crate::service::event(tx, "warning", Some(&s.vm), None, &msg)?;
+                    }
+                }
                 // Only the region the item replicates from speaks for its RPO.
                 if item.source_region != region || item.active_region != region {
                     continue;

@@ -75,6 +75,7 @@ pub fn router(vault: Vault, token: String) -> Router {
         .route("/api/items/{vm}", get(get_item))
         .route("/api/items/{vm}/points", get(item_points))
         .route("/api/items/{vm}/health", get(item_health))
+        .route("/api/items/{vm}/reprotect-plan", get(reprotect_plan))
         .route("/api/items/{vm}/{operation}", post(operate))
         .route("/api/jobs", get(list_jobs))
         .route("/api/jobs/{id}", get(get_job))
@@ -103,14 +104,14 @@ async fn not_found() -> Response {
     info(title = "Lifeboat vault API", description = "Disaster recovery for KVM/QEMU VMs"),
     paths(
         list_regions, add_region, list_hosts, register_host, host_report, list_policies,
-        put_policy, list_vms, create_vm, vm_power, list_items, protect, get_item, item_points, item_health, operate,
+        put_policy, list_vms, create_vm, vm_power, list_items, protect, get_item, item_points, item_health, reprotect_plan, operate,
         list_jobs, get_job,
         list_events
     ),
     components(schemas(
         Region, RegisterHost, Host, Policy, CreateVm, Vm, ProtectRequest, OperationRequest,
         Item, Step, Job, Event, ErrorBody, PointInfo, HealthInfo, HostReport, SourceStatus,
-        ReplicaStatus, RecoveredStatus, CopyState
+        ReplicaStatus, RecoveredStatus, CopyState, crate::reprotect::ReprotectPlan
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -258,6 +259,18 @@ async fn item_points(
               (status = 502, body = ErrorBody)))]
 async fn item_health(State(st): State<AppState>, Path(vm): Path<String>) -> ApiResult<HealthInfo> {
     Ok(Json(st.vault.health(&vm).await?))
+}
+
+#[utoipa::path(get, path = "/api/items/{vm}/reprotect-plan",
+    params(("vm" = String, Path, description = "VM name")),
+    responses((status = 200, body = crate::reprotect::ReprotectPlan),
+              (status = 404, body = ErrorBody), (status = 502, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+async fn reprotect_plan(
+    State(st): State<AppState>,
+    Path(vm): Path<String>,
+) -> ApiResult<serde_json::Value> {
+    Ok(Json(st.vault.reprotect_plan(&vm).await?))
 }
 
 #[utoipa::path(post, path = "/api/items/{vm}/{operation}", request_body = OperationRequest,

@@ -150,6 +150,7 @@ impl Executor for AgentExecutor {
                 Operation::Failover => failover(&mut run).await,
                 Operation::ChangeRecoveryPoint => change_point(&mut run).await,
                 Operation::Commit => commit(&mut run).await,
+                Operation::Reprotect => crate::reprotect::reprotect(&mut run).await,
                 op => Err(format!(
                     "{op} is not available in this version of Lifeboat yet: nothing was changed"
                 )),
@@ -176,23 +177,35 @@ impl Executor for AgentExecutor {
         let client = self.client.clone();
         Box::pin(async move { set_running(&vault, &client, &vm, running).await })
     }
+
+    fn reprotect_plan(
+        &self,
+        vault: Vault,
+        vm: String,
+    ) -> Pin<Box<dyn Future<Output = Result<serde_json::Value, VaultError>> + Send>> {
+        let client = self.client.clone();
+        Box::pin(async move {
+            let p = crate::reprotect::plan(&vault, &client, &vm).await?;
+            serde_json::to_value(p).map_err(|e| VaultError::BadRequest(e.to_string()))
+        })
+    }
 }
 
 /// One job being run: its item, request and steps.
-struct Run {
-    vault: Vault,
+pub(crate) struct Run {
+    pub(crate) vault: Vault,
     client: AgentClient,
-    job: i64,
+    pub(crate) job: i64,
     op: Operation,
-    vm: String,
+    pub(crate) vm: String,
     req: OperationRequest,
     steps: Vec<String>,
     current: Option<usize>,
 }
 
-type Flow = Result<(), String>;
+pub(crate) type Flow = Result<(), String>;
 
-fn text(e: VaultError) -> String {
+pub(crate) fn text(e: VaultError) -> String {
     chain(&e).join(": ")
 }
 
@@ -219,14 +232,14 @@ impl Run {
         })
     }
 
-    fn set(&self, i: usize, status: &str, detail: Option<&str>) {
+    pub(crate) fn set(&self, i: usize, status: &str, detail: Option<&str>) {
         if let Err(e) = self.vault.set_step(self.job, i, status, detail) {
             tracing::error!(job = self.job, error = %text(e), "recording a step failed");
         }
     }
 
     /// Starts the step named `name`.
-    fn step(&mut self, name: &str) -> Flow {
+    pub(crate) fn step(&mut self, name: &str) -> Flow {
         let i = self
             .steps
             .iter()
@@ -238,39 +251,39 @@ impl Run {
     }
 
     /// Updates the running step's detail.
-    fn detail(&self, detail: &str) {
+    pub(crate) fn detail(&self, detail: &str) {
         if let Some(i) = self.current {
             self.set(i, "running", Some(detail));
         }
     }
 
-    fn done(&mut self, detail: &str) {
+    pub(crate) fn done(&mut self, detail: &str) {
         if let Some(i) = self.current.take() {
             self.set(i, "succeeded", Some(detail));
         }
     }
 
-    fn skip(&mut self, detail: &str) {
+    pub(crate) fn skip(&mut self, detail: &str) {
         if let Some(i) = self.current.take() {
             self.set(i, "skipped", Some(detail));
         }
     }
 
-    fn fail(&mut self, why: &str) {
+    pub(crate) fn fail(&mut self, why: &str) {
         if let Some(i) = self.current.take() {
             self.set(i, "failed", Some(why));
         }
     }
 
-    fn item(&self) -> Result<Item, String> {
+    pub(crate) fn item(&self) -> Result<Item, String> {
         self.vault.item(&self.vm).map_err(text)
     }
 
-    fn host(&self, region: &str) -> Result<Host, String> {
+    pub(crate) fn host(&self, region: &str) -> Result<Host, String> {
         self.vault.live_host(region).map_err(text)
     }
 
-    async fn call<T: DeserializeOwned>(
+    pub(crate) async fn call<T: DeserializeOwned>(
         &self,
         host: &Host,
         method: Method,
@@ -283,14 +296,14 @@ impl Run {
             .map_err(text)
     }
 
-    fn vm_id(&self) -> Result<VmId, String> {
+    pub(crate) fn vm_id(&self) -> Result<VmId, String> {
         VmId::new(&self.vm).map_err(|e| format!("VM name {:?}: {e}", self.vm))
     }
 }
 
 /// Reads `path` from `host` every 300 ms until `f` returns a value (or an error); fails when
 /// the agent has not answered for [`AGENT_PATIENCE`].
-async fn poll<T: DeserializeOwned, R>(
+pub(crate) async fn poll<T: DeserializeOwned, R>(
     r: &Run,
     host: &Host,
     path: &str,
@@ -648,9 +661,9 @@ async fn commit(r: &mut Run) -> Flow {
     let _: RecoveredStatus = r
         .call(&target, Method::POST, &format!("{path}/commit"), None)
         .await?;
-    poll(r, &target, &path, "target", |r, s: RecoveredStatus| {
+    let point_seq = poll(r, &target, &path, "target", |r, s: RecoveredStatus| {
         if s.committed {
-            return Ok(Some(()));
+            return Ok(Some(s.point_seq));
         }
         let mut d = format!("{:.1}% of the disks local", s.hydrated_percent);
         if let Some(e) = s.error {
@@ -666,6 +679,22 @@ async fn commit(r: &mut Run) -> Flow {
     let store_url = r.vault.store_url(&item.target_region).map_err(text)?;
     let store = Store::open(&store_url).map_err(|e| format!("target store {store_url}: {e}"))?;
     let vm_id = r.vm_id()?;
+    // What the old source wrote after the point is in the stored journal: summarized before
+    // it goes, so that re-protect sends those ranges back without comparing whole disks.
+    let summary = match store.summarize_after(&vm_id, Seq(point_seq)).await {
+        Ok(Some(d)) => match store.put_divergence(&vm_id, &d).await {
+            Ok(()) => format!(
+                "the writes after the point (records {}..={}) summarized for re-protect",
+                point_seq + 1,
+                d.through_seq
+            ),
+            Err(e) => format!("no summary for re-protect ({e}): it will compare disks"),
+        },
+        Ok(None) => "the stored journal after the point has gaps: re-protect will compare \
+                     disks"
+            .to_string(),
+        Err(e) => format!("no summary for re-protect ({e}): it will compare disks"),
+    };
     let points = store
         .list_point_ids(&vm_id)
         .await
@@ -694,7 +723,7 @@ async fn commit(r: &mut Run) -> Flow {
         Err(e) => format!("chunk collection failed ({e}); `lifeboat gc` collects them later"),
     };
     r.done(&format!(
-        "{} recovery points and {segments} journal segments deleted; {gc}",
+        "{} recovery points and {segments} journal segments deleted; {gc}; {summary}",
         points.len()
     ));
     Ok(())
@@ -709,16 +738,20 @@ async fn set_running(
 ) -> Result<serde_json::Value, VaultError> {
     let vm = vault.vm(name)?;
     let item = vault.item(name).ok();
-    let failed_over = item
+    let region = item
         .as_ref()
-        .is_some_and(|i| i.active_region != i.source_region);
-    if let (true, Some(item)) = (failed_over, &item) {
-        let host = vault.live_host(&item.active_region)?;
+        .map_or(vm.region.clone(), |i| i.active_region.clone());
+    let host = vault.live_host(&region)?;
+    // A VM that runs from recovered disks (failed over, maybe re-protected) is started and
+    // stopped where it is; only a VM on its original disks is (re)opened as a source.
+    let local: crate::agent_wire::LocalDisks = client
+        .call(&host, Method::GET, &format!("/agent/v1/local/{name}"), None)
+        .await?;
+    if local.kind.starts_with("recovered") {
         let verb = if running { "start" } else { "stop" };
-        let path = format!("/agent/v1/recovered/{name}/{verb}");
+        let path = format!("/agent/v1/vms/{name}/{verb}");
         return client.call(&host, Method::POST, &path, None).await;
     }
-    let host = vault.live_host(&vm.region)?;
     let protect = match &item {
         Some(i) => {
             let s: ItemState = i.state.parse().map_err(|_| VaultError::Corrupt {

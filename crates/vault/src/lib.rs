@@ -39,6 +39,7 @@ pub mod db;
 pub mod error;
 pub mod executor;
 pub mod model;
+pub mod reprotect;
 pub mod service;
 
 pub use db::Db;

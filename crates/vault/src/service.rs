@@ -38,6 +38,19 @@ pub trait Executor: Send + Sync + 'static {
             )))
         })
     }
+
+    /// What re-protecting `vm` would do (asks the agents; changes nothing).
+    fn reprotect_plan(
+        &self,
+        _vault: Vault,
+        vm: String,
+    ) -> Pin<Box<dyn Future<Output = Result<serde_json::Value, VaultError>> + Send>> {
+        Box::pin(async move {
+            Err(VaultError::NoAgent(format!(
+                "no agent can plan the re-protect of VM {vm}: start the regions' agents and retry"
+            )))
+        })
+    }
 }
 
 /// The executor of a vault with no agent able to act yet: every job fails at its first step,
@@ -96,7 +109,12 @@ pub fn steps_of(op: Operation, req: &OperationRequest) -> Vec<Step> {
         }
         Operation::ChangeRecoveryPoint => vec!["Stop VM", "Create VM", "Start VM"],
         Operation::Commit => vec!["Make disks local", "Delete recovery points"],
-        Operation::Reprotect => vec!["Prerequisites check", "Resynchronize", "Start replication"],
+        Operation::Reprotect => vec![
+            "Prerequisites check",
+            "Reverse replication",
+            "Resynchronize",
+            "Start replication",
+        ],
         Operation::TestFailover => vec!["Prerequisites check", "Create isolated VM", "Start VM"],
         Operation::CleanupTestFailover => vec!["Stop VM", "Delete test resources"],
     };
@@ -334,6 +352,14 @@ impl Vault {
             )?;
         }
         Ok(())
+    }
+
+    /// What re-protecting `vm` would do (through the agents; changes nothing).
+    pub async fn reprotect_plan(&self, vm: &str) -> Result<serde_json::Value, VaultError> {
+        self.item(vm)?;
+        self.executor
+            .reprotect_plan(self.clone(), vm.to_string())
+            .await
     }
 
     /// Starts or stops a VM where it runs now (through its agent).
@@ -824,6 +850,16 @@ impl Vault {
                     value: from.clone(),
                 })?;
                 let next = finish(from, op, outcome);
+                if op == Operation::Reprotect && outcome == Outcome::Succeeded {
+                    // Replication goes the other way now: from where the VM runs.
+                    tx.execute(
+                        "UPDATE items SET source_region = target_region,
+                         target_region = source_region, active_region = target_region,
+                         replicated_as_of = NULL WHERE vm = ?1",
+                        params![vm],
+                    )
+                    .map_err(sql("updating an item"))?;
+                }
                 if op == Operation::Failover && outcome == Outcome::Succeeded {
                     // The VM runs in the target region now.
                     tx.execute(

@@ -299,6 +299,14 @@ impl Cluster {
     }
 }
 
+/// The step named `name` of job JSON `job`.
+pub fn step<'a>(job: &'a Value, name: &str) -> &'a Value {
+    job["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("job has no step {name}: {job}"))
+}
+
 /// The serial log's text ("" when missing).
 pub fn serial(path: &Path) -> String {
     std::fs::read_to_string(path)
