@@ -17,6 +17,13 @@ use serde_json::Value;
 
 const BOOT: Duration = Duration::from_secs(120);
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 fn hash(path: &Path) -> String {
     let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     blake3::hash(&data).to_hex().to_string()
@@ -264,18 +271,27 @@ fn reprotect_survives_kill_9_and_without_the_original_disk_copies_everything() {
     c.kill_agent("secondary");
     c.kill_agent("primary");
     c.kill_vault();
+    let restarted = now_ms();
     c.start_vault();
     c.start_agent("primary");
     c.start_agent("secondary");
     c.wait_agents();
+    wait_until(
+        Duration::from_secs(60),
+        "both agents registered again",
+        || {
+            c.json(&["hosts"])
+                .as_array()
+                .is_some_and(|h| h.iter().all(|h| h["last_seen"].as_i64() > Some(restarted)))
+        },
+    );
     wait_until(Duration::from_secs(60), "the killed job ended", || {
         c.json(&["jobs"])[0]["status"] != "running"
     });
     let item = c.item("kr");
     if item["state"] != "protected" {
         assert_eq!(item["state"], "failover-committed", "{item}");
-        // The guest restarted with its agent; retry.
-        c.cli_ok(&["vm", "start", "kr"]);
+        // The guest restarted with its agent; the operator retries.
         let job = c.json(&["reprotect", "kr", "--yes"]);
         assert_eq!(job["status"], "succeeded", "{job}");
     }
@@ -286,8 +302,17 @@ fn reprotect_survives_kill_9_and_without_the_original_disk_copies_everything() {
     // Fail back and commit, then delete the original disk at the secondary (the recovered
     // disk of the first failover) before re-protecting: a full copy, and the job says why.
     let back = c.recovered_serial("primary", "kr");
-    let boots = seqwriter::boots(&serial(&sec)).len() as u32;
-    let m2 = failover_and_commit(&c, "kr", &sec, &back, boots + 1);
+    let mut boot = 0;
+    wait_until(BOOT, "the guest booted again at the secondary", || {
+        boot = seqwriter::boots(&serial(&sec))
+            .iter()
+            .map(|b| b.0)
+            .max()
+            .unwrap_or(0);
+        boot > 2
+    });
+    wait_seq(&sec, m + 100, BOOT);
+    let m2 = failover_and_commit(&c, "kr", &sec, &back, boot + 1);
     wait_seq(&back, m2 + 50, BOOT);
     std::fs::remove_file(&disk).expect("delete the original disk");
     let job = c.json(&["reprotect", "kr", "--yes"]);
