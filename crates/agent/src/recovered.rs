@@ -37,6 +37,8 @@ pub use reverse::ReverseState;
 
 /// How long after a failed hydration run it starts again.
 pub const HYDRATION_RETRY: Duration = Duration::from_secs(5);
+/// How often the journal of a recovered VM that does not replicate is checked for folding.
+pub const FOLD_EVERY: Duration = Duration::from_secs(60);
 /// How long after the disks are served hydration starts (the boot goes first).
 pub const HYDRATION_DELAY: Duration = Duration::from_secs(3);
 
@@ -220,6 +222,21 @@ impl RecoveredVm {
         if let Some(r) = reverse {
             me.resume_reverse(r).await?;
         }
+        let weak = Arc::downgrade(&me);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(FOLD_EVERY).await;
+                let Some(me) = weak.upgrade() else { return };
+                match tokio::task::spawn_blocking(move || me.fold_journal()).await {
+                    Ok(Err(e)) => tracing::warn!(
+                        error = format!("{e:#}"),
+                        "folding a recovered VM's journal failed"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "journal folding task"),
+                    Ok(Ok(_)) => {}
+                }
+            }
+        });
         let weak = Arc::downgrade(&me);
         *lock(&me.keeper) = Some(tokio::spawn(async move {
             loop {

@@ -81,17 +81,53 @@ impl ReverseState {
     }
 }
 
-/// The ranges of records `1..=p0` of the journal in `dir`, per disk; an error if records
-/// before the first one there are gone.
+/// `<dir>/diverged.json`: the ranges of the records `1..=through`, folded out of the journal
+/// of a VM that does not replicate (see [`RecoveredVm::fold_journal`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Folded {
+    through: u64,
+    disks: Vec<Extents>,
+}
+
+impl Folded {
+    fn path(dir: &Path) -> PathBuf {
+        dir.join("diverged.json")
+    }
+
+    fn load(dir: &Path) -> Result<Folded> {
+        let p = Self::path(dir);
+        match std::fs::read(&p) {
+            Ok(b) => {
+                serde_json::from_slice(&b).with_context(|| format!("{} is damaged", p.display()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Folded::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+        }
+    }
+}
+
+/// The journal of a VM that does not replicate is folded once its sealed segments pass this.
+pub const FOLD_AFTER_BYTES: u64 = 256 << 20;
+/// A folded summary with more ranges than this is widened to [`FOLD_GRANULE`] blocks.
+const FOLD_MAX_RANGES: usize = 1 << 20;
+const FOLD_GRANULE: u64 = 64 << 10;
+
+/// The ranges of records `1..=p0` (the folded summary of the oldest, then the journal in
+/// `dir`), per disk; an error if records between the two are gone.
 fn since_recovery(dir: &Path, p0: Seq, disks: usize) -> Result<Vec<Extents>> {
-    let mut out = vec![Extents::new(); disks];
-    if p0 == Seq(0) {
+    let folded = Folded::load(dir.parent().unwrap_or(dir))?;
+    let mut out = folded.disks.clone();
+    out.resize(out.len().max(disks), Extents::new());
+    if p0.0 <= folded.through {
         return Ok(out);
     }
     let mut first = true;
-    for r in read_records(dir, Seq(0)).context("reading the journal")? {
+    for r in read_records(dir, Seq(folded.through + 1)).context("reading the journal")? {
         let r = r.context("reading the journal")?;
-        if first && r.seq != Seq(1) {
+        if r.seq.0 <= folded.through {
+            continue; // folded already (a fold whose segment removal did not finish)
+        }
+        if first && r.seq.0 != folded.through + 1 {
             bail!(
                 "the journal starts at record {}: earlier writes are no longer in it",
                 r.seq
@@ -114,6 +150,41 @@ fn since_recovery(dir: &Path, p0: Seq, disks: usize) -> Result<Vec<Extents>> {
         bail!("the journal has no records up to {p0}");
     }
     Ok(out)
+}
+
+/// Folds the records `(folded.through, upto]` of `dir` into `folded`.
+fn fold(dir: &Path, folded: &mut Folded, upto: Seq) -> Result<()> {
+    for r in read_records(dir, Seq(folded.through + 1)).context("reading the journal")? {
+        let r = r.context("reading the journal")?;
+        if r.seq.0 <= folded.through {
+            continue;
+        }
+        if r.seq.0 != folded.through + 1 {
+            bail!(
+                "the journal jumps from record {} to {}",
+                folded.through,
+                r.seq
+            );
+        }
+        if r.seq > upto {
+            break;
+        }
+        folded.through = r.seq.0;
+        if r.kind == RecordKind::Checkpoint {
+            continue;
+        }
+        let d = r.disk.0 as usize;
+        if d >= folded.disks.len() {
+            folded.disks.resize(d + 1, Extents::new());
+        }
+        folded.disks[d].insert(r.offset, r.length);
+    }
+    for e in folded.disks.iter_mut() {
+        if e.ranges().len() > FOLD_MAX_RANGES {
+            *e = e.coarsen(FOLD_GRANULE);
+        }
+    }
+    Ok(())
 }
 
 impl RecoveredVm {
@@ -140,6 +211,47 @@ impl RecoveredVm {
             tracing::error!(vm = %self.vm, error = format!("{e:#}"), "persisting a fenced VM's state");
         }
         crate::vm::kill(&self.qemu).await;
+    }
+
+    /// Keeps the journal of a VM that does not replicate bounded: once its sealed segments
+    /// pass [`FOLD_AFTER_BYTES`], the ranges of those the target images hold durably are
+    /// folded into `<dir>/diverged.json` (write-temp-then-rename) and the segments deleted.
+    /// Re-protect still knows every range written since the recovery; it may send a little
+    /// more (a summary past a million ranges is widened to 64 KiB blocks), never less.
+    pub fn fold_journal(&self) -> Result<usize> {
+        if self.repl.is_on() || lock(&self.reverse).is_some() {
+            return Ok(0); // shipping owns the spool
+        }
+        let segs = self
+            .journal
+            .sealed_segments()
+            .context("listing the journal")?;
+        if segs.iter().map(|s| s.bytes).sum::<u64>() < FOLD_AFTER_BYTES {
+            return Ok(0);
+        }
+        let applied = self
+            .disks
+            .iter()
+            .map(|d| d.applied_seq())
+            .min()
+            .unwrap_or(Seq(0));
+        let Some(upto) = segs
+            .iter()
+            .map(|s| s.last_seq)
+            .filter(|l| *l <= applied)
+            .max()
+        else {
+            return Ok(0);
+        };
+        let mut folded = Folded::load(&self.dir)?;
+        fold(self.journal.dir(), &mut folded, upto)?;
+        write_json(&Folded::path(&self.dir), &folded)?;
+        let n = self
+            .journal
+            .remove_sealed_through(upto)
+            .context("removing folded journal segments")?;
+        tracing::info!(vm = %self.vm, through = upto.0, segments = n, "journal folded into the divergence summary");
+        Ok(n)
     }
 
     /// The target images.
@@ -462,5 +574,49 @@ impl RecoveredVm {
     pub async fn shutdown(&self, timeout: Duration) -> Result<ShutdownAnswer> {
         self.update(|s| s.running = false)?;
         self.repl.shutdown_and_ship(&self.qemu, timeout).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifeboat_journal::{Journal, JournalConfig};
+    use lifeboat_types::{DiskId, Epoch, VmId};
+
+    #[test]
+    fn folding_keeps_every_range_written_since_the_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let jdir = dir.path().join("journal");
+        let j =
+            Journal::open(&jdir, JournalConfig::new(VmId::new("v").unwrap(), Epoch(2))).unwrap();
+        let mut want = vec![Extents::new(), Extents::new()];
+        let mut write = |i: u64| {
+            let d = (i % 2) as usize;
+            j.append_write(DiskId(d as u32), i * 8192, &[7u8; 100])
+                .unwrap();
+            want[d].insert(i * 8192, 100);
+        };
+        for i in 0..10 {
+            write(i);
+        }
+        j.seal().unwrap();
+        for i in 10..20 {
+            write(i);
+        }
+        j.seal().unwrap();
+        let all = since_recovery(&jdir, Seq(20), 2).unwrap();
+        assert_eq!(all, want);
+        // Fold the first segment, as a crash would leave it (summary written, segment kept).
+        let mut folded = Folded::default();
+        fold(&jdir, &mut folded, Seq(10)).unwrap();
+        assert_eq!(folded.through, 10);
+        write_json(&Folded::path(dir.path()), &folded).unwrap();
+        assert_eq!(since_recovery(&jdir, Seq(20), 2).unwrap(), want);
+        // Then removed: the summary and the journal still say everything.
+        j.remove_sealed_through(Seq(10)).unwrap();
+        assert_eq!(since_recovery(&jdir, Seq(20), 2).unwrap(), want);
+        // A gap between the summary and the journal is an error, not a silent loss.
+        j.remove_sealed_through(Seq(20)).unwrap();
+        assert!(since_recovery(&jdir, Seq(20), 2).is_err());
     }
 }

@@ -87,6 +87,17 @@ impl Extents {
         )
     }
 
+    /// The set widened to whole `granule`-aligned blocks (fewer, larger ranges: a summary
+    /// that must stay small may cover more, never less).
+    pub fn coarsen(&self, granule: u64) -> Extents {
+        let g = granule.max(1);
+        Extents::from_ranges(self.0.iter().map(|&(o, l)| {
+            let a = o / g * g;
+            let b = (o + l).div_ceil(g).saturating_mul(g);
+            (a, b - a)
+        }))
+    }
+
     /// The ranges cut into pieces of at most `max` bytes (for bounded reads and records).
     pub fn pieces(&self, max: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
         let max = max.max(1);
@@ -150,6 +161,9 @@ mod tests {
             let pieces: Vec<(u64, u64)> = u.pieces(7).collect();
             assert!(pieces.iter().all(|p| p.1 <= 7 && p.1 > 0));
             assert_eq!(Extents::from_ranges(pieces), u);
+            let c = u.coarsen(16);
+            assert!(c.ranges().iter().all(|r| r.0 % 16 == 0 && r.1 % 16 == 0));
+            assert_eq!(c.union(&u), c, "coarsening never covers less");
             assert_eq!(model(u.clamp(100).ranges(), 256), {
                 let mut m = model(&all, 256);
                 m[100..].iter_mut().for_each(|b| *b = false);
