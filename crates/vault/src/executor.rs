@@ -683,6 +683,9 @@ async fn commit(r: &mut Run) -> Flow {
     // it goes, so that re-protect sends those ranges back without comparing whole disks.
     let summary = match store.summarize_after(&vm_id, Seq(point_seq)).await {
         Ok(Some(d)) => match store.put_divergence(&vm_id, &d).await {
+            Ok(()) if d.through_seq <= point_seq => {
+                "nothing was written after the point (noted for re-protect)".to_string()
+            }
             Ok(()) => format!(
                 "the writes after the point (records {}..={}) summarized for re-protect",
                 point_seq + 1,
