@@ -14,15 +14,22 @@
 //!   before it is acknowledged (`lifeboat-disk`), QEMU attached with `-blockdev driver=nbd`.
 //!   Protected: the journal is sealed and shipped every 0.5 s to the target region's store
 //!   (`lifeboat-ship`), after an initial copy made while the guest writes; the instant before
-//!   the last successful pass's seal is reported as `replicated_as_of` (the RPO). A store that
-//!   refuses the segments' epoch (the VM failed over) fences the host: shipping stops and
-//!   says so.
+//!   the last successful pass's seal is reported as `replicated_as_of` (the RPO); all of this
+//!   is [`replication::Replication`], shared with re-protected recovered VMs. A store that
+//!   refuses the segments' epoch (the VM failed over) **fences** the VM here: shipping stops,
+//!   QEMU is killed, and it is never started again (also checked against the store's epoch
+//!   when the agent restarts, before anything starts).
 //! * **Replica** ([`replica::Replica`], target region): processes the store's journal into
 //!   recovery points every second, stores due points and applies retention.
 //! * **Recovered** ([`recovered::RecoveredVm`], target region after failover): instant
 //!   recovery — each disk a `lifeboat_recover::RecoveryDisk` served over NBD straight from the
 //!   point, writes journaled locally, hydration in the background — and QEMU on top; commit
-//!   makes it final once every disk is local.
+//!   makes it final once every disk is local. **Re-protect** makes it the source of a reverse
+//!   replication (`reverse.rs`: ship after `p0`, re-journal what diverged); its journal is
+//!   kept bounded meanwhile (folded into a range summary).
+//! * **Released** ([`local::Released`], the region a VM failed over from): the old source's
+//!   (or an earlier recovered VM's) disks kept for re-protect: summary of their journal after
+//!   the recovery point, block digests, and the seed of their region's store.
 //!
 //! ## Locking
 //!
