@@ -316,6 +316,7 @@ impl Agent {
                 on_fence(vm.to_string(), &e.vm.repl, move || async move {
                     let Some(e) = weak.upgrade() else { return };
                     vm::kill(&e.vm.qemu).await;
+                    e.vm.stop_serving();
                     let st = {
                         let mut s = lock(&e.state);
                         s.running = false;

@@ -122,6 +122,7 @@ fn since_recovery(dir: &Path, p0: Seq, disks: usize) -> Result<Vec<Extents>> {
         return Ok(out);
     }
     let mut first = true;
+    let mut seen = Seq(folded.through);
     for r in read_records(dir, Seq(folded.through + 1)).context("reading the journal")? {
         let r = r.context("reading the journal")?;
         if r.seq.0 <= folded.through {
@@ -137,6 +138,7 @@ fn since_recovery(dir: &Path, p0: Seq, disks: usize) -> Result<Vec<Extents>> {
         if r.seq > p0 {
             break;
         }
+        seen = r.seq;
         if r.kind == RecordKind::Checkpoint {
             continue;
         }
@@ -148,6 +150,9 @@ fn since_recovery(dir: &Path, p0: Seq, disks: usize) -> Result<Vec<Extents>> {
     }
     if first {
         bail!("the journal has no records up to {p0}");
+    }
+    if seen < p0 {
+        bail!("the journal could be read only up to record {seen}, not {p0}");
     }
     Ok(out)
 }

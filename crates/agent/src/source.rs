@@ -177,6 +177,12 @@ impl SourceVm {
         self.journal.config().epoch
     }
 
+    /// Stops serving the disks (fenced: no QEMU may write them any more); the journal and
+    /// images stay as they are for re-protect.
+    pub fn stop_serving(&self) {
+        let _ = self.stop_tx.send(true);
+    }
+
     /// Turns replication on (or changes nothing if it is on with the same settings), or off.
     pub async fn set_protection(self: &Arc<Self>, p: Option<Protection>) -> Result<()> {
         self.repl.set(p, Start::Copy).await
