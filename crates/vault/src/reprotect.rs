@@ -304,7 +304,28 @@ pub(crate) async fn reprotect(r: &mut Run) -> Flow {
         Ok(None)
     })
     .await?;
+    if resync != ResyncRequest::Full {
+        // The diverged data is in the original region once its records are in its store.
+        r.detail("waiting for the re-journaled ranges to be shipped");
+        let shipped = tokio::time::timeout(std::time::Duration::from_secs(600), async {
+            loop {
+                match y_store.list_segments(&vm_id).await {
+                    Ok(segs) if segs.iter().any(|s| s.last_seq.0 >= end) => return,
+                    _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                }
+            }
+        })
+        .await;
+        if shipped.is_err() {
+            return Err(format!(
+                "the re-journaled records up to {end} did not reach {y_url} within 10 minutes: \
+                 see host {}'s log; retry re-protect",
+                x.name
+            ));
+        }
+    }
     let resync_secs = started.elapsed().as_secs_f64();
+    let seed_started = Instant::now();
     if resync != ResyncRequest::Full {
         let _: serde_json::Value = r
             .call(
@@ -347,9 +368,11 @@ pub(crate) async fn reprotect(r: &mut Run) -> Flow {
             ans.why.clone().unwrap_or_default()
         ),
         _ => format!(
-            "{bytes} bytes re-journaled ({diverged} bytes diverged) as records {}..={end} in \
-             {resync_secs:.1} s; the original disks seeded {y_url} locally",
-            ans.p0 + 1
+            "{bytes} bytes re-journaled ({diverged} bytes diverged) as records {}..={end} and \
+             shipped to region {y_region} in {resync_secs:.2} s; the original disks copied into \
+             {y_url} (local to region {y_region}) in {:.2} s",
+            ans.p0 + 1,
+            seed_started.elapsed().as_secs_f64()
         ),
     };
     r.done(&what);
