@@ -154,7 +154,7 @@ newer_point() { local p; p="$(newest_point)"; [ -n "$p" ] && [ "$p" != "$1" ]; }
 hosts_up() { [ "$("$LB" hosts --output json 2>/dev/null | grep -c '"region"')" = 2 ]; }
 socket_ready() { [ -S "$1" ]; }
 # Sum of the sizes of the files under a directory (0 if it does not exist).
-bytes_under() { if [ -d "$1" ]; then find "$1" -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}'; else echo 0; fi; }
+bytes_under() { if [ -d "$1" ]; then find "$1" -type f -printf '%s\n' | awk '{s += $1} END {printf "%.0f\n", s}'; else echo 0; fi; }
 # run_job NAME OUTFILE CMD...: a waiting CLI job command; its JSON to OUTFILE, times it.
 run_job() {
   local name="$1" out="$2"; shift 2

@@ -184,7 +184,17 @@ fn round_trip_protect_failover_commit_reprotect_failback_reprotect() {
     let m2 = failover_and_commit(&c, "rt", &sec, &back, 4);
     assert!(m2 > now, "failback resumed after {m2}, before {now}");
     wait_seq(&back, m2 + 100, BOOT);
-    reprotect(&c, "rt");
+    // The secondary's journal (what it wrote up to the end) is lost: the journals cannot tell
+    // what diverged, and re-protect compares block digests of both sides instead.
+    assert!(c.store("primary").join("vms/rt/divergence.json").exists());
+    let journal = c.dir.join("agents/secondary/recovered/rt/journal");
+    std::fs::remove_dir_all(&journal).expect("remove the secondary's journal");
+    let job = reprotect(&c, "rt");
+    let plan = step(&job, "Reverse replication")["detail"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(plan.contains("digests"), "{job}");
     let item = c.item("rt");
     assert_eq!(item["state"], "protected", "{item}");
     assert_eq!(item["source_region"], "primary", "{item}");
