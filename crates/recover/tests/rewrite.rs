@@ -84,13 +84,18 @@ fn rewritten_ranges_turn_the_other_copy_into_this_disk() {
 
     let now = read_all(&disk);
     let rebuilt = apply_after(&other, &rdir.join("journal"), p0);
-    assert_eq!(hash(&rebuilt), hash(&now), "the other copy + records after p0");
+    assert_eq!(
+        hash(&rebuilt),
+        hash(&now),
+        "the other copy + records after p0"
+    );
     // Without the rewrites it would not be (the test can fail).
     let plain = apply_after(&other, &rdir.join("journal"), journal.last_seq());
     assert_ne!(hash(&plain), hash(&now));
     // All-zero ranges are journaled as zeroes, not as data.
     let zero_len = 4096u64;
-    disk.write_zeroes(2 << 20, zero_len, ZeroFlags::default()).unwrap();
+    disk.write_zeroes(2 << 20, zero_len, ZeroFlags::default())
+        .unwrap();
     let before = journal.last_seq();
     let seq = disk.rewrite(2 << 20, zero_len).unwrap();
     assert_eq!(seq, before.next());
