@@ -87,6 +87,8 @@ pub struct Agent {
     recovered: Mutex<HashMap<String, Arc<RecoveredVm>>>,
     /// Original disks released for re-protect.
     released: Mutex<HashMap<String, Arc<Released>>>,
+    /// DR drill copies (test failover).
+    drills: Mutex<HashMap<String, Arc<RecoveredVm>>>,
 }
 
 /// Checks the store's epoch for a protected VM restored or opened here: a newer one means
@@ -198,6 +200,7 @@ impl Agent {
             replicas: Mutex::new(HashMap::new()),
             recovered: Mutex::new(HashMap::new()),
             released: Mutex::new(HashMap::new()),
+            drills: Mutex::new(HashMap::new()),
         });
         agent.restore().await?;
         tracing::info!(host = %agent.cfg.name, region = %agent.cfg.region, %url, "agent ready");
@@ -234,6 +237,27 @@ impl Agent {
         for (vm, st) in read_all::<ReleasedState>(&d.join("state/released"))? {
             let id = vm_id(&vm).map_err(|e| e.1)?;
             lock(&self.released).insert(vm, Released::new(id, st));
+        }
+        for (vm, st) in read_all::<RecoveredState>(&d.join("state/drills"))? {
+            let id = vm_id(&vm).map_err(|e| e.1)?;
+            let running = st.running;
+            match RecoveredVm::reopen(id, &self.drill_dir(&vm), &file(d, "drills", &vm), st).await {
+                Ok(r) => {
+                    if running {
+                        if let Err(e) = r.start(self.cfg.accel).await {
+                            tracing::error!(
+                                vm,
+                                error = format!("{e:#}"),
+                                "cannot restart a drill copy"
+                            );
+                        }
+                    }
+                    lock(&self.drills).insert(vm, r);
+                }
+                Err(e) => {
+                    tracing::error!(vm, error = format!("{e:#}"), "cannot restore a drill copy")
+                }
+            }
         }
         for (vm, st) in read_all::<RecoveredState>(&d.join("state/recovered"))? {
             let id = vm_id(&vm).map_err(|e| e.1)?;
@@ -277,6 +301,10 @@ impl Agent {
             protect: st.protect,
         };
         self.put_source(vm, spec).await.map(|_| ())
+    }
+
+    fn drill_dir(&self, vm: &str) -> PathBuf {
+        self.cfg.data.join("drills").join(vm)
     }
 
     fn recovered_dir(&self, vm: &str) -> PathBuf {
@@ -499,6 +527,12 @@ impl Agent {
         for (_, r) in lock(&self.released).drain() {
             r.stop();
         }
+        let drills: Vec<_> = lock(&self.drills).drain().collect();
+        for (vm, r) in drills {
+            if let Err(e) = r.close(false).await {
+                tracing::warn!(vm, error = format!("{e:#}"), "closing a drill copy");
+            }
+        }
         tracing::info!(host = %self.cfg.name, "agent stopped cleanly");
     }
 }
@@ -616,6 +650,11 @@ fn router(a: Arc<Agent>) -> Router {
         .route("/agent/v1/local/{vm}", get(get_local).delete(delete_local))
         .route("/agent/v1/local/{vm}/{verb}", post(local_verb))
         .route("/agent/v1/vms/{vm}/{verb}", post(vm_verb))
+        .route(
+            "/agent/v1/drills/{vm}",
+            get(get_drill).put(put_drill).delete(delete_drill),
+        )
+        .route("/agent/v1/drills/{vm}/{verb}", post(drill_verb))
         .layer(middleware::from_fn_with_state(a.clone(), auth))
         .with_state(a)
 }
@@ -923,4 +962,93 @@ async fn vm_verb(
     Ok(Json(to_value(
         &a.put_source(&vm, spec).await.map_err(failed)?,
     )?))
+}
+
+async fn get_drill(
+    State(a): State<Arc<Agent>>,
+    Path(vm): Path<String>,
+) -> ApiResult<RecoveredStatus> {
+    let r = find(&a.drills, "drill", &vm)?;
+    Ok(Json(r.status().await))
+}
+
+/// Creates (or, asked again, replaces) the drill copy of `vm` from the point its spec names.
+async fn put_drill(
+    State(a): State<Arc<Agent>>,
+    Path(vm): Path<String>,
+    b: Bytes,
+) -> ApiResult<RecoveredStatus> {
+    let id = vm_id(&vm)?;
+    let spec: RecoverSpec = body("drill", &b)?;
+    if !spec.drill {
+        return Err(bad(anyhow!(
+            "a drill copy of VM {vm} must be asked for with \"drill\": true"
+        )));
+    }
+    vm::parse_definition(&vm, &spec.definition).map_err(bad)?;
+    let _one = a.ops.lock().await;
+    let old = lock(&a.drills).remove(&vm);
+    if let Some(old) = old {
+        old.close(true).await.map_err(failed)?;
+    }
+    let r = RecoveredVm::create(
+        id,
+        &a.drill_dir(&vm),
+        &file(&a.cfg.data, "drills", &vm),
+        spec,
+    )
+    .await
+    .map_err(failed)?;
+    lock(&a.drills).insert(vm, r.clone());
+    Ok(Json(r.status().await))
+}
+
+/// Removes the drill copy of `vm`: QEMU killed, its disks and writes deleted, its pin gone.
+async fn delete_drill(
+    State(a): State<Arc<Agent>>,
+    Path(vm): Path<String>,
+) -> ApiResult<serde_json::Value> {
+    let id = vm_id(&vm)?;
+    let _one = a.ops.lock().await;
+    let r = lock(&a.drills).remove(&vm);
+    if let Some(r) = r {
+        let url = r.store_url();
+        r.close(true).await.map_err(failed)?;
+        let store = Store::open(&url).map_err(|e| failed(anyhow!("region store {url}: {e}")))?;
+        store
+            .delete_pin(&id, crate::recovered::DRILL_PIN)
+            .await
+            .map_err(|e| failed(anyhow!("removing the drill's pin in {url}: {e}")))?;
+    }
+    let dir = a.drill_dir(&vm);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| failed(anyhow!("removing {}: {e}", dir.display())))?;
+    }
+    match std::fs::remove_file(file(&a.cfg.data, "drills", &vm)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(failed(anyhow!("removing the drill's state: {e}"))),
+    }
+    Ok(Json(serde_json::json!({})))
+}
+
+async fn drill_verb(
+    State(a): State<Arc<Agent>>,
+    Path((vm, verb)): Path<(String, String)>,
+) -> ApiResult<RecoveredStatus> {
+    let _one = a.ops.lock().await;
+    let r = find(&a.drills, "drill", &vm)?;
+    match verb.as_str() {
+        "start" => r.start(a.cfg.accel).await.map_err(failed)?,
+        "stop" => {
+            r.stop().await.map_err(failed)?;
+        }
+        _ => {
+            return Err(bad(anyhow!(
+                "unknown action {verb:?} on the drill copy of VM {vm}: use start or stop"
+            )))
+        }
+    }
+    Ok(Json(r.status().await))
 }

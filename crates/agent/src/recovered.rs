@@ -20,7 +20,7 @@ use lifeboat_qemu::{Accel, VmDefinition};
 use lifeboat_recover::{
     HydrateConfig, Hydration, PointSource, RecoveryDisk, RecoveryOptions, Source,
 };
-use lifeboat_store::Store;
+use lifeboat_store::{PinRecord, Store};
 use lifeboat_types::{DiskId, Epoch, Seq, VmId};
 use lifeboat_vault::agent_wire::{RecoverSpec, RecoveredStatus};
 use serde::{Deserialize, Serialize};
@@ -37,6 +37,8 @@ pub use reverse::ReverseState;
 
 /// How long after a failed hydration run it starts again.
 pub const HYDRATION_RETRY: Duration = Duration::from_secs(5);
+/// The name of a drill's pin in the store.
+pub const DRILL_PIN: &str = "drill";
 /// How often the journal of a recovered VM that does not replicate is checked for folding.
 pub const FOLD_EVERY: Duration = Duration::from_secs(60);
 /// How long after the disks are served hydration starts (the boot goes first).
@@ -109,6 +111,14 @@ impl RecoveredVm {
         let store = Store::open(&spec.store_url)
             .with_context(|| format!("opening region store {}", spec.store_url))?;
         let (pit, label) = crate::pick::resolve(&store, &vm, &spec.recovery_point).await?;
+        if spec.drill {
+            // Retention keeps what the drill reads (its base and journal) until cleanup.
+            let pin = PinRecord::new(pit.base.seq().0, pit.seq.0, "DR drill (test failover)");
+            store
+                .put_pin(&vm, DRILL_PIN, &pin)
+                .await
+                .with_context(|| format!("pinning the drill's recovery point of VM {vm}"))?;
+        }
         let journal = open_journal(&vm, dir, Epoch(spec.epoch))?;
         let mut disks = Vec::new();
         for i in 0..def.disks.len() {
@@ -238,16 +248,19 @@ impl RecoveredVm {
             }
         });
         let weak = Arc::downgrade(&me);
-        *lock(&me.keeper) = Some(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let Some(me) = weak.upgrade() else { return };
-                me.retry_hydration();
-                if me.disks.iter().all(|d| d.is_hydrated()) {
-                    return;
+        let drill = lock(&me.state).spec.drill;
+        *lock(&me.keeper) = (!drill).then(|| {
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let Some(me) = weak.upgrade() else { return };
+                    me.retry_hydration();
+                    if me.disks.iter().all(|d| d.is_hydrated()) {
+                        return;
+                    }
                 }
-            }
-        }));
+            })
+        });
         Ok(me)
     }
 
@@ -279,12 +292,15 @@ impl RecoveredVm {
             );
         }
         self.update(|s| s.running = true)?;
-        let def = vm::qemu_definition(
+        let mut def = vm::qemu_definition(
             self.vm.as_str(),
             &self.def,
             &self.dir.join("nbd.sock"),
             &self.serial_log(),
         );
+        if lock(&self.state).spec.drill {
+            isolate(&mut def);
+        }
         vm::start(&self.qemu, &def, &self.dir, accel).await
     }
 
@@ -406,6 +422,23 @@ impl RecoveredVm {
     }
 }
 
+/// A drill copy's network: every NIC on QEMU user networking with `restrict=on` (the guest
+/// reaches nothing outside, and nothing reaches it), one such NIC if it had none, so that the
+/// copy's services start as they would and still cannot touch production.
+pub fn isolate(def: &mut VmDefinition) {
+    use lifeboat_qemu::{Network, Nic, NicModel};
+    if def.nics.is_empty() {
+        def.nics.push(Nic {
+            network: Network::User { restrict: true },
+            model: NicModel::default(),
+            mac: None,
+        });
+    }
+    for n in &mut def.nics {
+        n.network = Network::User { restrict: true };
+    }
+}
+
 fn open_journal(vm: &VmId, dir: &Path, epoch: Epoch) -> Result<Arc<Journal>> {
     let jd = dir.join("journal");
     Ok(Arc::new(
@@ -421,4 +454,29 @@ async fn open_disk(opts: RecoveryOptions, source: Source) -> Result<Arc<Recovery
         .context("opening a recovery disk")?
         .with_context(|| format!("opening recovery disk {}", image.display()))?;
     Ok(Arc::new(d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drill_copy_gets_only_isolated_networks() {
+        let mut d: VmDefinition = serde_json::from_value(serde_json::json!({
+            "name": "v", "vcpus": 1, "memory_mib": 32,
+            "disks": [{"source": {"file": {"path": "/x.img", "format": "raw"}}}],
+            "nics": [{"network": {"user": {"restrict": false}}}, {"network": {"user": {}}}],
+            "serial_log": "/s"
+        }))
+        .unwrap();
+        isolate(&mut d);
+        assert_eq!(d.nics.len(), 2);
+        assert!(d
+            .nics
+            .iter()
+            .all(|n| n.network == lifeboat_qemu::Network::User { restrict: true }));
+        d.nics.clear();
+        isolate(&mut d);
+        assert_eq!(d.nics.len(), 1);
+    }
 }

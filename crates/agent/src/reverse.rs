@@ -193,6 +193,11 @@ fn fold(dir: &Path, folded: &mut Folded, upto: Seq) -> Result<()> {
 }
 
 impl RecoveredVm {
+    /// The store it was recovered from.
+    pub fn store_url(&self) -> String {
+        lock(&self.state).spec.store_url.clone()
+    }
+
     /// The VM.
     pub fn vm(&self) -> &lifeboat_types::VmId {
         &self.vm

@@ -110,6 +110,9 @@ pub struct OpArgs {
     /// button before QEMU is told to quit (default 30).
     #[arg(long, requires = "shutdown_source")]
     shutdown_timeout: Option<u64>,
+    /// Cleanup test failover: the operator's notes on the drill.
+    #[arg(long)]
+    notes: Option<String>,
     /// Return at once instead of following the job.
     #[arg(long)]
     no_wait: bool,
@@ -390,6 +393,9 @@ pub fn operate(c: &VaultConn, op: &str, a: OpArgs) -> Result<()> {
     }
     if let Some(t) = a.shutdown_timeout {
         body["shutdown_timeout_secs"] = json!(t);
+    }
+    if let Some(n) = &a.notes {
+        body["notes"] = json!(n);
     }
     let job = cl.post(&format!("/api/items/{}/{op}", a.vm), body)?;
     finish_op(&cl, job, a.no_wait)

@@ -130,6 +130,21 @@ enum Command {
         #[command(flatten)]
         args: client::ReprotectArgs,
     },
+    /// DR drill: boot a copy at the target region from a recovery point, on an isolated
+    /// network, while replication goes on (vault API).
+    TestFailover {
+        #[command(flatten)]
+        conn: client::VaultConn,
+        #[command(flatten)]
+        args: client::OpArgs,
+    },
+    /// End a DR drill: delete its copy and record it, with `--notes` (vault API).
+    CleanupTestFailover {
+        #[command(flatten)]
+        conn: client::VaultConn,
+        #[command(flatten)]
+        args: client::OpArgs,
+    },
     /// Events, oldest first (vault API).
     Events {
         #[command(flatten)]
@@ -217,6 +232,10 @@ fn main() -> std::process::ExitCode {
         Command::Reprotect { conn, args } => client::reprotect(&conn, args),
         Command::Jobs { conn } => client::jobs(&conn),
         Command::Events { conn } => client::events(&conn),
+        Command::TestFailover { conn, args } => client::operate(&conn, "test-failover", args),
+        Command::CleanupTestFailover { conn, args } => {
+            client::operate(&conn, "cleanup-test-failover", args)
+        }
         Command::Job { conn, cmd } => client::job(&conn, cmd),
     };
     match result {

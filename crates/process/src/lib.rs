@@ -104,8 +104,8 @@ pub use cdp::{
 pub use lag::{percentile, record_lags, Lags};
 pub use overlay::{ChunkChange, PointInTime, SegmentCacheStats, SEGMENT_CACHE_BYTES};
 pub use plan::{
-    app_points_to_store, chain_due, plan_retention, points_to_store, Chain, PointView,
-    RetentionPlan, StoreReason, StoreRule, DEFAULT_MAX_CHAIN_AGE, JOURNAL_END,
+    app_points_to_store, chain_due, plan_retention, plan_retention_pinned, points_to_store, Chain,
+    PointView, RetentionPlan, StoreReason, StoreRule, DEFAULT_MAX_CHAIN_AGE, JOURNAL_END,
 };
 pub use processor::{CopyOptions, Cut, ProcessError, ProcessReport, Processor, Progress};
 pub use retention::{apply_retention, RetentionReport};

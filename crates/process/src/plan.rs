@@ -339,6 +339,18 @@ pub fn plan_retention(
     policy: &ReplicationPolicy,
     now: SystemTime,
 ) -> RetentionPlan {
+    plan_retention_pinned(points, policy, now, &[])
+}
+
+/// [`plan_retention`], also keeping what each pin `(base, seq)` needs (a reader holding a
+/// point open, e.g. a DR drill: `lifeboat_store::PinRecord`): the stored point at `base` and
+/// the journal records `base + 1 ..= seq`.
+pub fn plan_retention_pinned(
+    points: &[PointView],
+    policy: &ReplicationPolicy,
+    now: SystemTime,
+    pins: &[(Seq, Seq)],
+) -> RetentionPlan {
     let mut sorted: Vec<&PointView> = points.iter().collect();
     sorted.sort_by_key(|p| p.seq);
     let window_start = now
@@ -398,6 +410,14 @@ pub fn plan_retention(
             None => journal.push((Seq(0), p.seq)),
         }
     }
+    for &(base, seq) in pins {
+        journal.push((base.next(), seq));
+        if let Some(b) = sorted.iter().find(|b| !b.journal_backed && b.seq == base) {
+            if keep.insert(b.id.clone()) {
+                drop.retain(|(d, _)| *d != b.id);
+            }
+        }
+    }
     // The window is read from the newest kept stored point at or before its start; if thinning
     // kept none, the newest stored point there is pinned.
     let stored_before_window = |kept_only: bool| {
@@ -437,6 +457,44 @@ fn merge_ranges(mut v: Vec<(Seq, Seq)>) -> Vec<(Seq, Seq)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod pin_tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    #[test]
+    fn a_pin_keeps_its_base_and_journal_whatever_the_policy() {
+        let day = 86_400u64;
+        let now = UNIX_EPOCH + Duration::from_secs(10 * day);
+        let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
+        let view = |seq: u64, t: SystemTime, jb: bool| PointView {
+            id: format!("{seq:020}-crash"),
+            seq: Seq(seq),
+            time: t,
+            kind: CheckpointKind::CrashConsistent,
+            journal_backed: jb,
+            origin: PointOrigin::Marker,
+            base: None,
+        };
+        // An old stored point (past the 24 h retention), then recent ones.
+        let points = vec![
+            view(100, at(day), false),
+            view(200, at(9 * day), false),
+            view(300, now, true),
+        ];
+        let policy = ReplicationPolicy::default();
+        let plain = plan_retention(&points, &policy, now);
+        assert!(!plain.keep.contains(&points[0].id), "{plain:?}");
+        assert!(!plain.keeps_records(Seq(101), Seq(150)));
+        let pinned = plan_retention_pinned(&points, &policy, now, &[(Seq(100), Seq(150))]);
+        assert!(pinned.keep.contains(&points[0].id), "{pinned:?}");
+        assert!(!pinned.drop.iter().any(|(d, _)| *d == points[0].id));
+        assert!(pinned.keeps_records(Seq(101), Seq(150)));
+        assert!(pinned.keeps_records(Seq(150), Seq(160)));
+        assert!(!pinned.keeps_records(Seq(151), Seq(160)));
+    }
 }
 
 #[cfg(test)]

@@ -14,9 +14,9 @@ use std::time::SystemTime;
 
 use lifeboat_policy::ReplicationPolicy;
 use lifeboat_store::{GcReport, Store};
-use lifeboat_types::VmId;
+use lifeboat_types::{Seq, VmId};
 
-use crate::plan::{plan_retention, PointView};
+use crate::plan::{plan_retention_pinned, PointView};
 use crate::ProcessError;
 
 /// What [`apply_retention`] did.
@@ -49,7 +49,14 @@ pub async fn apply_retention(
     };
     let points = store.list_points(vm).await.map_err(se)?;
     let views: Vec<PointView> = points.iter().filter_map(PointView::of).collect();
-    let plan = plan_retention(&views, policy, now);
+    let pins: Vec<(Seq, Seq)> = store
+        .list_pins(vm)
+        .await
+        .map_err(se)?
+        .into_iter()
+        .map(|(_, p)| (Seq(p.base_seq), Seq(p.seq)))
+        .collect();
+    let plan = plan_retention_pinned(&views, policy, now, &pins);
     let mut report = RetentionReport {
         kept: plan.keep.len(),
         future: plan.future.clone(),

@@ -188,6 +188,21 @@ impl Store {
                                 rep.bad.push(bad(key, chain(&e)));
                             }
                         }
+                        (Some(_), [_, _, "pins", name]) if name.ends_with(".json") => {
+                            let got = self.backend.get(key).await.map_err(|e| chain(&e)).and_then(
+                                |obj| {
+                                    crate::format::decode_json(
+                                        &obj,
+                                        crate::pins::PIN_FORMAT,
+                                        |r: &crate::pins::PinRecord| (&r.format, r.version),
+                                    )
+                                    .map_err(|p| p.to_string())
+                                },
+                            );
+                            if let Err(e) = got {
+                                rep.bad.push(bad(key, e));
+                            }
+                        }
                         (Some(_), [_, _, "divergence.json"]) => {
                             let got = self.backend.get(key).await.map_err(|e| chain(&e)).and_then(
                                 |obj| {

@@ -156,6 +156,7 @@ mod divergence;
 mod error;
 pub mod format;
 mod gc;
+mod pins;
 mod reader;
 mod store;
 mod writer;
@@ -167,6 +168,7 @@ pub use divergence::{divergence_key, DivergenceRecord, DIVERGENCE_FORMAT};
 pub use error::{FormatError, Result, StoreError};
 pub use format::{Entry, ObjectId, PointDisk, PointOrigin, PointRecord, Root};
 pub use gc::{BadObject, GcReport, VerifyReport, CLOCK_MARGIN};
+pub use pins::{PinRecord, PIN_FORMAT};
 pub use reader::DiskReader;
 pub use store::{
     choose_point, epoch_key, is_time_choice, lease_key, parse_point_id, point_id, point_key,

@@ -28,6 +28,9 @@
 //! | `POST /agent/v1/local/{vm}/seed` | [`SeedRequest`] | [`LocalDisks`] |
 //! | `DELETE /agent/v1/local/{vm}` | | `{}` |
 //! | `POST /agent/v1/vms/{vm}/start`, `.../stop` | | the VM's status |
+//! | `PUT /agent/v1/drills/{vm}` | [`RecoverSpec`] (`drill: true`) | [`RecoveredStatus`] |
+//! | `POST /agent/v1/drills/{vm}/start` | | [`RecoveredStatus`] |
+//! | `DELETE /agent/v1/drills/{vm}` | | `{}` (the copy and its writes are gone, the pin too) |
 //!
 //! Re-protect (the vault's `reprotect` job): the host with the **original disks** releases
 //! them (`local/{vm}/release`: the old source or recovered VM is closed, never started again,
@@ -180,6 +183,11 @@ pub struct RecoverSpec {
     pub recovery_point: String,
     /// The epoch of the recovered VM's journal.
     pub epoch: u64,
+    /// A DR drill copy: not hydrated, its writes discarded at cleanup, every NIC on an
+    /// isolated network (QEMU user networking with `restrict=on`), the point pinned in the
+    /// store while it runs.
+    #[serde(default)]
+    pub drill: bool,
 }
 
 /// A recovered VM.

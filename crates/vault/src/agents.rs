@@ -168,6 +168,48 @@ impl Vault {
         })
     }
 
+    /// Records the item's drill (test failover) as it stands.
+    pub fn set_drill(&self, vm: &str, drill: &crate::model::Drill) -> Result<(), VaultError> {
+        let body = serde_json::to_string(drill)
+            .map_err(|e| VaultError::BadRequest(format!("encoding a drill: {e}")))?;
+        self.db.tx("recording a drill", |tx| {
+            tx.execute(
+                "UPDATE items SET drill = ?1 WHERE vm = ?2",
+                params![body, vm],
+            )
+            .map_err(sql("updating an item"))?;
+            Ok(())
+        })
+    }
+
+    /// Ends the item's drill (cleanup done): it counts as the last successful drill if its test
+    /// failover succeeded; the notes are kept either way.
+    pub fn end_drill(&self, vm: &str, notes: Option<&str>, job: i64) -> Result<(), VaultError> {
+        let now = now_ms();
+        self.db.tx("ending a drill", |tx| {
+            let item = read_item(tx, vm)?;
+            let ok = item.drill.as_ref().is_some_and(|d| d.succeeded);
+            if ok {
+                tx.execute(
+                    "UPDATE items SET last_drill_at = ?1, last_drill_notes = ?2 WHERE vm = ?3",
+                    params![now, notes, vm],
+                )
+                .map_err(sql("updating an item"))?;
+            }
+            tx.execute("UPDATE items SET drill = NULL WHERE vm = ?1", params![vm])
+                .map_err(sql("updating an item"))?;
+            let msg = match (ok, notes) {
+                (true, Some(n)) => format!("DR drill of VM {vm} completed; notes: {n}"),
+                (true, None) => format!("DR drill of VM {vm} completed"),
+                (false, _) => format!(
+                    "DR drill of VM {vm} cleaned up; it does not count: its test failover had failed"
+                ),
+            };
+            event(tx, "info", Some(vm), Some(job), &msg)?;
+            Ok(())
+        })
+    }
+
     /// Records that the item's store now fences every epoch below `epoch` (failover).
     pub fn set_epoch(&self, vm: &str, epoch: u64, job: i64) -> Result<Item, VaultError> {
         self.db.tx("updating an item's epoch", |tx| {

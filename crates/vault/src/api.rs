@@ -110,7 +110,7 @@ async fn not_found() -> Response {
     ),
     components(schemas(
         Region, RegisterHost, Host, Policy, CreateVm, Vm, ProtectRequest, OperationRequest,
-        Item, Step, Job, Event, ErrorBody, PointInfo, HealthInfo, HostReport, SourceStatus,
+        Item, crate::model::Drill, Step, Job, Event, ErrorBody, PointInfo, HealthInfo, HostReport, SourceStatus,
         ReplicaStatus, RecoveredStatus, CopyState, crate::reprotect::ReprotectPlan
     )),
     modifiers(&BearerAuth),

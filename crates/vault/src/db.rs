@@ -74,6 +74,10 @@ const MIGRATIONS: &[&str] = &[
     // 3: the item's target settings (the VM's size after failover).
     "ALTER TABLE items ADD COLUMN target_vcpus INTEGER;
      ALTER TABLE items ADD COLUMN target_memory_mib INTEGER;",
+    // 4: DR drills: the running drill (JSON), the last successful one and its notes.
+    "ALTER TABLE items ADD COLUMN drill TEXT;
+     ALTER TABLE items ADD COLUMN last_drill_at INTEGER;
+     ALTER TABLE items ADD COLUMN last_drill_notes TEXT;",
 ];
 
 /// Milliseconds since 1970.

@@ -151,6 +151,8 @@ impl Executor for AgentExecutor {
                 Operation::ChangeRecoveryPoint => change_point(&mut run).await,
                 Operation::Commit => commit(&mut run).await,
                 Operation::Reprotect => crate::reprotect::reprotect(&mut run).await,
+                Operation::TestFailover => crate::drill::test_failover(&mut run).await,
+                Operation::CleanupTestFailover => crate::drill::cleanup(&mut run).await,
                 op => Err(format!(
                     "{op} is not available in this version of Lifeboat yet: nothing was changed"
                 )),
@@ -198,7 +200,7 @@ pub(crate) struct Run {
     pub(crate) job: i64,
     op: Operation,
     pub(crate) vm: String,
-    req: OperationRequest,
+    pub(crate) req: OperationRequest,
     steps: Vec<String>,
     current: Option<usize>,
 }
@@ -432,7 +434,7 @@ async fn resume_replica(r: &Run) -> Result<(), String> {
 }
 
 /// The VM's definition as it runs after failover: sized per the item's target settings.
-fn target_definition(def: &serde_json::Value, item: &Item) -> serde_json::Value {
+pub(crate) fn target_definition(def: &serde_json::Value, item: &Item) -> serde_json::Value {
     let mut d = def.clone();
     if let Some(v) = item.target_vcpus {
         d["vcpus"] = serde_json::json!(v);
@@ -481,6 +483,23 @@ fn check_point(vm: &str, region: &str, choice: &str, points: &[PointRecord]) -> 
     ))
 }
 
+/// Opens the target store and checks, before anything changes, that `choice` can be
+/// recovered from its points.
+pub(crate) async fn point_store(
+    r: &Run,
+    store_url: &str,
+    region: &str,
+    choice: &str,
+) -> Result<Store, String> {
+    let store = Store::open(store_url).map_err(|e| format!("target store {store_url}: {e}"))?;
+    let points = store
+        .list_points(&r.vm_id()?)
+        .await
+        .map_err(|e| format!("listing recovery points in {store_url}: {e}"))?;
+    check_point(&r.vm, region, choice, &points)?;
+    Ok(store)
+}
+
 /// Raises the item's epoch in the target store: from now on the store refuses the source's
 /// segments (it is fenced).
 async fn fence(r: &Run, store: &Store, item: &Item) -> Result<u64, String> {
@@ -505,13 +524,7 @@ async fn failover_steps(r: &mut Run) -> Flow {
         .recovery_point
         .clone()
         .unwrap_or_else(|| "latest-processed".to_string());
-    let store = Store::open(&store_url).map_err(|e| format!("target store {store_url}: {e}"))?;
-    let vm_id = r.vm_id()?;
-    let points = store
-        .list_points(&vm_id)
-        .await
-        .map_err(|e| format!("listing recovery points in {store_url}: {e}"))?;
-    check_point(&r.vm, &item.target_region, &point, &points)?;
+    let store = point_store(r, &store_url, &item.target_region, &point).await?;
     r.done(&format!(
         "target host {} in region {}; recovery point {point}",
         target.name, item.target_region
@@ -603,6 +616,7 @@ async fn create_and_start(
         store_url,
         recovery_point: point,
         epoch: epoch.unwrap_or(item.epoch + 1),
+        drill: false,
     };
     let st: RecoveredStatus = r.call(target, Method::PUT, &path, Some(&spec)).await?;
     r.done(&format!(

@@ -36,6 +36,7 @@ pub mod agent_wire;
 pub mod agents;
 pub mod api;
 pub mod db;
+pub mod drill;
 pub mod error;
 pub mod executor;
 pub mod model;

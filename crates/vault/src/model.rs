@@ -160,8 +160,33 @@ pub struct Item {
     /// Memory of the VM after failover in MiB (absent: as defined).
     #[serde(default)]
     pub target_memory_mib: Option<u64>,
+    /// The DR drill (test failover) in place, until its cleanup.
+    #[serde(default)]
+    pub drill: Option<Drill>,
+    /// When the last successful drill was cleaned up (ms since 1970): a drill counts only when
+    /// its test failover and its cleanup both succeeded, as in ASR.
+    #[serde(default)]
+    pub last_drill_at: Option<i64>,
+    /// The operator's notes of the last drill.
+    #[serde(default)]
+    pub last_drill_notes: Option<String>,
     /// Last change (ms since 1970).
     pub updated_at: i64,
+}
+
+/// A DR drill (test failover) of an item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Drill {
+    /// The point the drill copy booted from (id, or the time asked for).
+    pub point: String,
+    /// Its journal position.
+    pub point_seq: u64,
+    /// The host the copy runs on.
+    pub host: String,
+    /// Started (ms since 1970).
+    pub started_at: i64,
+    /// The test failover succeeded (the copy runs).
+    pub succeeded: bool,
 }
 
 /// One step of a job.

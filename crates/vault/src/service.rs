@@ -190,6 +190,11 @@ fn item_of(row: &Row<'_>) -> rusqlite::Result<(Item, String, Option<i64>)> {
                 .map(|p| p.clamp(0, 100) as u8),
             target_vcpus: row.get::<_, Option<i64>>(12)?.map(|v| v.max(0) as u32),
             target_memory_mib: row.get::<_, Option<i64>>(13)?.map(|v| v.max(0) as u64),
+            drill: row
+                .get::<_, Option<String>>(14)?
+                .and_then(|j| serde_json::from_str(&j).ok()),
+            last_drill_at: row.get(15)?,
+            last_drill_notes: row.get(16)?,
         },
         state,
         row.get::<_, Option<i64>>(10)?,
@@ -245,7 +250,8 @@ pub(crate) fn host_of(r: &Row<'_>) -> rusqlite::Result<Host> {
 
 const ITEM_COLS: &str = "vm, state, policy, source_region, target_region, active_region, \
                          percent_synced, epoch, job, updated_at, replicated_as_of, \
-                         hydrated_percent, target_vcpus, target_memory_mib";
+                         hydrated_percent, target_vcpus, target_memory_mib, drill, \
+                         last_drill_at, last_drill_notes";
 
 /// Whether an item in state `s` replicates (so has an RPO).
 pub(crate) fn replicates(s: ItemState) -> bool {
