@@ -579,6 +579,31 @@ pub fn item_show(c: &VaultConn, vm: &str) -> Result<()> {
         if let Some(h) = i["hydrated_percent"].as_i64() {
             println!("Disks local:        {h}% (hydration at the target)");
         }
+        if i["drill"].is_object() {
+            let d = &i["drill"];
+            println!(
+                "DR drill:           {} from point {} at host {} since {} (cleanup pending)",
+                if d["succeeded"] == true {
+                    "running"
+                } else {
+                    "failed"
+                },
+                s(d, "point"),
+                s(d, "host"),
+                utc(&d["started_at"])
+            );
+        }
+        match i["last_drill_at"].as_i64() {
+            Some(_) => println!(
+                "Last drill:         {}{}",
+                utc(&i["last_drill_at"]),
+                i["last_drill_notes"]
+                    .as_str()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default()
+            ),
+            None => println!("Last drill:         never (run `lifeboat test-failover`)"),
+        }
         let ops: Vec<String> = i["allowed_operations"]
             .as_array()
             .into_iter()

@@ -133,3 +133,51 @@ fn a_drill_boots_the_point_isolated_while_replication_goes_on_and_cleanup_leaves
     assert_eq!(seqwriter::boots(&serial(&primary)).len(), 1);
     wait_seq(&primary, during + 100, BOOT);
 }
+
+#[test]
+fn a_drill_survives_kill_9_of_its_agent_and_of_the_vault() {
+    let t = tempdir();
+    let mut c = Cluster::separate(&t.path().join("lb"));
+    c.create_guest_vm("dk");
+    c.cli_ok(&["vm", "start", "dk"]);
+    let primary = c.source_serial("primary", "dk");
+    wait_seq(&primary, 50, BOOT);
+    let job = c.json(&["protect", "dk", "--target-region", "secondary"]);
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let job = c.json(&["test-failover", "dk"]);
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let drill_serial = c.dir.join("agents/secondary/drills/dk/serial.log");
+    let m = wait_boot(&drill_serial, 2, BOOT);
+
+    // The target agent dies (its QEMU with it) and comes back: the drill copy runs again from
+    // the same pinned point, with the writes it made.
+    c.kill_agent("secondary");
+    c.start_agent("secondary");
+    let again = wait_boot(&drill_serial, 3, BOOT);
+    assert!(
+        again >= m,
+        "the drill copy lost its own writes: {again} < {m}"
+    );
+    // The vault dies and comes back: the item still shows the drill, cleanup works.
+    c.kill_vault();
+    c.start_vault();
+    c.wait_agents();
+    let item = c.item("dk");
+    assert_eq!(item["state"], "test-failed-over", "{item}");
+    wait_until(
+        Duration::from_secs(60),
+        "cleanup after the restarts",
+        || {
+            let out = c.cli(&["cleanup-test-failover", "dk", "--notes", "after kill -9"]);
+            out.status.success()
+        },
+    );
+    let item = c.item("dk");
+    assert_eq!(item["state"], "protected", "{item}");
+    assert_eq!(item["last_drill_notes"], "after kill -9", "{item}");
+    assert!(
+        qemus_with("/drills/dk/").is_empty(),
+        "the drill copy still runs"
+    );
+    assert!(!c.store("secondary").join("vms/dk/pins/drill.json").exists());
+}
