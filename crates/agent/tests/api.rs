@@ -160,6 +160,69 @@ async fn the_api_refuses_what_it_cannot_use_with_clear_errors() {
     let (s, v) = call(&http, Method::POST, &url, Some(TOKEN), None).await;
     assert_eq!(s, 404, "{v}");
 
+    // Re-protect and drill routes: wrong bodies and missing VMs are named.
+    let ok_def = json!({"name": "web", "vcpus": 1, "memory_mib": 32,
+        "disks": [{"source": {"file": {"path": "/x.img", "format": "raw"}}}],
+        "serial_log": "/tmp/s"});
+    let not_drill = json!({"definition": ok_def, "store_url": "/tmp/none",
+        "recovery_point": "latest", "epoch": 2});
+    let (s, v) = call(
+        &http,
+        Method::PUT,
+        &format!("{base}/drills/web"),
+        Some(TOKEN),
+        Some(&not_drill.to_string()),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("\"drill\": true"),
+        "{v}"
+    );
+    for (path, body, want) in [
+        ("recovered/web/reverse", "{}", "no recovered VM web"),
+        (
+            "local/web/seed",
+            r#"{"store_url":"/x","epoch":2,"start":1,"end":2}"#,
+            "no released VM web",
+        ),
+        (
+            "local/web/digests",
+            r#"{"block":65536}"#,
+            "no released VM web",
+        ),
+        ("local/web/release", r#"{"after":1}"#, "bad release body"),
+        ("local/web/fly", "{}", "use release, digests or seed"),
+        ("drills/web/start", "", "no drill VM web"),
+        ("vms/web/start", "", "no source VM web"),
+    ] {
+        let (s, v) = call(
+            &http,
+            Method::POST,
+            &format!("{base}/{path}"),
+            Some(TOKEN),
+            Some(body),
+        )
+        .await;
+        assert!(s == 400 || s == 404, "{path}: {s} {v}");
+        assert!(
+            v["error"].as_str().unwrap_or("").contains(want),
+            "{path}: {v}"
+        );
+    }
+    // Nothing here to reuse: re-protect would copy everything, and says why.
+    let (s, v) = call(
+        &http,
+        Method::GET,
+        &format!("{base}/local/web"),
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["kind"], "none", "{v}");
+    assert!(v["unusable"].as_str().unwrap().contains("no disks"), "{v}");
+
     stop_tx.send(true).unwrap();
     agent.await.unwrap().unwrap();
 
