@@ -769,6 +769,14 @@ async fn set_running(
         let path = format!("/agent/v1/vms/{name}/{verb}");
         return client.call(&host, Method::POST, &path, None).await;
     }
+    if region != vm.region || local.kind == "released" {
+        // Its original disks are elsewhere (or were handed to re-protect): never open them here.
+        return Err(VaultError::BadRequest(format!(
+            "VM {name} runs in region {region}, but host {} has no recovered copy of it to {}",
+            host.name,
+            if running { "start" } else { "stop" }
+        )));
+    }
     let protect = match &item {
         Some(i) => {
             let s: ItemState = i.state.parse().map_err(|_| VaultError::Corrupt {
