@@ -153,6 +153,38 @@ fn a_drill_survives_kill_9_of_its_agent_and_of_the_vault() {
     // the same pinned point, with the writes it made.
     c.kill_agent("secondary");
     c.start_agent("secondary");
+    let booted = lifeboat_testkit::wait_for(BOOT, || {
+        seqwriter::boots(&serial(&drill_serial))
+            .iter()
+            .any(|b| b.0 == 3)
+    });
+    if !booted {
+        // Say what the agent and the guest did (this failed once in CI, not reproduced).
+        let mut logs = String::new();
+        if let Some(root) = c.dir.parent() {
+            for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("agent-secondary") {
+                    let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    let tail: Vec<&str> = text
+                        .lines()
+                        .filter(|l| !l.contains("heartbeat"))
+                        .rev()
+                        .take(40)
+                        .collect();
+                    logs.push_str(&format!("== {name}\n"));
+                    for l in tail.into_iter().rev() {
+                        logs.push_str(l);
+                        logs.push('\n');
+                    }
+                }
+            }
+        }
+        panic!(
+            "the drill copy did not boot again after its agent restarted; serial:\n{}\n{logs}",
+            serial(&drill_serial)
+        );
+    }
     let again = wait_boot(&drill_serial, 3, BOOT);
     assert!(
         again >= m,
