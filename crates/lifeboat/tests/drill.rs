@@ -148,6 +148,10 @@ fn a_drill_survives_kill_9_of_its_agent_and_of_the_vault() {
     assert_eq!(job["status"], "succeeded", "{job}");
     let drill_serial = c.dir.join("agents/secondary/drills/dk/serial.log");
     let m = wait_boot(&drill_serial, 2, BOOT);
+    // The copy's own writes (acknowledged before the kill) must survive it. (Killed before its
+    // first whole record, the copy would rightly boot as boot 2 again: a torn record is not a
+    // record.)
+    let m = wait_seq(&drill_serial, m + 50, BOOT);
 
     // The target agent dies (its QEMU with it) and comes back: the drill copy runs again from
     // the same pinned point, with the writes it made.
@@ -159,7 +163,7 @@ fn a_drill_survives_kill_9_of_its_agent_and_of_the_vault() {
             .any(|b| b.0 == 3)
     });
     if !booted {
-        // Say what the agent and the guest did (this failed once in CI, not reproduced).
+        // Say what the agent and the guest did.
         let mut logs = String::new();
         if let Some(root) = c.dir.parent() {
             for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
