@@ -12,26 +12,9 @@ use common::*;
 use lifeboat_journal::read_records;
 use lifeboat_nbd::{BlockDevice, ZeroFlags};
 use lifeboat_recover::HydrateConfig;
-use lifeboat_types::{DiskId, Extents, RecordKind, Seq};
+use lifeboat_types::{Extents, RecordKind, Seq};
 
 const SIZE: usize = 3 << 20;
-
-fn apply_after(base: &[u8], journal_dir: &std::path::Path, after: Seq) -> Vec<u8> {
-    let mut m = base.to_vec();
-    for r in read_records(journal_dir, Seq(0)).unwrap() {
-        let r = r.unwrap();
-        if r.seq <= after || r.disk != DiskId(0) {
-            continue;
-        }
-        let (o, l) = (r.offset as usize, r.length as usize);
-        match r.kind {
-            RecordKind::Write => m[o..o + l].copy_from_slice(&r.data),
-            RecordKind::Zero | RecordKind::Trim => m[o..o + l].fill(0),
-            RecordKind::Checkpoint => {}
-        }
-    }
-    m
-}
 
 #[test]
 fn rewritten_ranges_turn_the_other_copy_into_this_disk() {
@@ -83,14 +66,14 @@ fn rewritten_ranges_turn_the_other_copy_into_this_disk() {
     journal.sync().unwrap();
 
     let now = read_all(&disk);
-    let rebuilt = apply_after(&other, &rdir.join("journal"), p0);
+    let rebuilt = replay_model_after(&other, &rdir.join("journal"), p0);
     assert_eq!(
         hash(&rebuilt),
         hash(&now),
         "the other copy + records after p0"
     );
     // Without the rewrites it would not be (the test can fail).
-    let plain = apply_after(&other, &rdir.join("journal"), journal.last_seq());
+    let plain = replay_model_after(&other, &rdir.join("journal"), journal.last_seq());
     assert_ne!(hash(&plain), hash(&now));
     // All-zero ranges are journaled as zeroes, not as data.
     let zero_len = 4096u64;

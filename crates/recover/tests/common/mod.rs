@@ -176,10 +176,15 @@ pub fn reopen(
 /// The point's content with every record of disk 0 in the journal at `journal_dir` applied in
 /// order (zeroes and trims as zeroes): what the target image must end as.
 pub fn replay_model(point: &[u8], journal_dir: &Path) -> Vec<u8> {
+    replay_model_after(point, journal_dir, Seq(0))
+}
+
+/// [`replay_model`] with only the records after `after` applied.
+pub fn replay_model_after(point: &[u8], journal_dir: &Path, after: Seq) -> Vec<u8> {
     let mut m = point.to_vec();
     for r in read_records(journal_dir, Seq(0)).unwrap() {
         let r = r.unwrap();
-        if r.disk != DiskId(0) {
+        if r.seq <= after || r.disk != DiskId(0) {
             continue;
         }
         let (o, l) = (r.offset as usize, r.length as usize);
