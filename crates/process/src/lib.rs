@@ -64,7 +64,10 @@
 //! ## Initial replication
 //!
 //! The first point of a VM comes from initial replication: [`Processor::seed`] stores whole
-//! disk images as a stored point at journal position `seq`. If the images are copied while the
+//! disk images as a stored point at journal position `seq`. One thread per core reads chunks
+//! (not the holes of a sparse image: `SEEK_DATA`) into reused buffers and hashes them, a few
+//! chunks ahead of the writer, which stores them in batches of 8 whose fsyncs run in the
+//! background ([`lifeboat_store::PointWriter::set_prepared`]). If the images are copied while the
 //! VM keeps writing ([`Processor::seed_copy`]), the copy is fuzzy: it is stored at the position
 //! where the copy *began* (every record up to it already in the images) as an
 //! **initial-copy** point with the position where the copy *ended* (`copy_end`). Processing
@@ -97,6 +100,7 @@ mod overlay;
 mod plan;
 mod processor;
 mod retention;
+mod seed;
 
 pub use cdp::{
     format_utc_ms, open_point, parse_utc, state_at, state_at_within, Target, INDEX_BUDGET,

@@ -176,6 +176,11 @@ pub struct Processor {
     pub(crate) tracker: tokio::sync::Mutex<crate::chain::Tracker>,
 }
 
+/// Chunks of an image stored together by [`Processor::seed_copy`] (one background sync each).
+const SEED_BATCH: usize = 8;
+/// Chunks [`Processor::seed_copy`] reads and prepares ahead of the one it stores.
+const SEED_AHEAD: usize = 8;
+
 /// Chunks built at once while a point is stored (bytes): each batch is one pass over the
 /// journal segments its chunks need.
 const BUILD_BATCH_BYTES: u64 = 128 << 20;
@@ -329,6 +334,10 @@ impl Processor {
         }
         let mut done = 0u64;
         progress(0, total);
+        let level = self.store.config().zstd_level;
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
+        // Every chunk buffer in flight, reused.
+        let pool = lifeboat_store::ChunkPool::new(SEED_AHEAD + SEED_BATCH + threads);
         for (disk, path) in disks {
             let size = std::fs::metadata(path).map_err(|e| img_err(path, e))?.len();
             w.add_disk(*disk, size).map_err(|e| self.store_err(e))?;
@@ -336,33 +345,41 @@ impl Processor {
                 self.store_err(StoreError::InvalidArgument("no chunk size".into()))
             })? as u64;
             let file = std::fs::File::open(path).map_err(|e| img_err(path, e))?;
-            // Batches of chunks whose objects are stored concurrently.
-            const BATCH: u64 = 8;
-            let chunks = size.div_ceil(cs);
-            let mut buf = vec![0u8; (cs * BATCH) as usize];
-            let mut first = 0u64;
-            while first < chunks {
-                let n = (chunks - first).min(BATCH);
-                let start = first * cs;
-                let len = (size - start).min(cs * n) as usize;
-                std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf[..len], start)
-                    .map_err(|e| img_err(path, e))?;
-                let batch: Vec<(u64, &[u8])> = buf[..len]
-                    .chunks(cs as usize)
-                    .enumerate()
-                    .map(|(i, c)| (first + i as u64, c))
-                    .collect();
-                w.set_chunks(*disk, &batch)
-                    .await
-                    .map_err(|e| self.store_err(e))?;
-                first += n;
-                done += len as u64;
-                progress(done, total);
-                if let Some(rate) = max_bytes_per_sec.filter(|r| *r > 0) {
-                    let due = Duration::from_secs_f64(done as f64 / rate as f64);
-                    if let Some(wait) = due.checked_sub(started.elapsed()) {
-                        tokio::time::sleep(wait).await;
+            // Reading threads read and prepare (hash, compress) chunks ahead while the writer
+            // stores the last batch and the store syncs the ones before: a few batches in
+            // flight, never more.
+            let mut chunks = crate::seed::read_ahead(
+                std::sync::Arc::new(file),
+                size,
+                cs,
+                level,
+                threads,
+                SEED_AHEAD,
+                &pool,
+            );
+            let mut batch = Vec::with_capacity(SEED_BATCH);
+            loop {
+                let next = chunks.recv().await;
+                let last = next.is_none();
+                if let Some(item) = next {
+                    let (index, chunk) = item.map_err(|e| img_err(path, e))?;
+                    done += chunk.len() as u64;
+                    batch.push((index, chunk));
+                }
+                if batch.len() >= SEED_BATCH || (last && !batch.is_empty()) {
+                    w.set_prepared(*disk, std::mem::take(&mut batch))
+                        .await
+                        .map_err(|e| self.store_err(e))?;
+                    progress(done, total);
+                    if let Some(rate) = max_bytes_per_sec.filter(|r| *r > 0) {
+                        let due = Duration::from_secs_f64(done as f64 / rate as f64);
+                        if let Some(wait) = due.checked_sub(started.elapsed()) {
+                            tokio::time::sleep(wait).await;
+                        }
                     }
+                }
+                if last {
+                    break;
                 }
             }
         }

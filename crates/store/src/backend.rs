@@ -46,8 +46,36 @@ pub struct ObjectInfo {
 /// `[A-Za-z0-9._-]` segments.
 #[async_trait]
 pub trait Backend: Send + Sync + fmt::Debug + 'static {
-    /// Writes a whole object atomically.
+    /// Writes a whole object atomically, durably (it survives a crash of the machine once this
+    /// returns).
     async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<PutOutcome>;
+    /// Writes a whole object atomically, like [`Backend::put`], from the concatenation of
+    /// `parts`, but it need only be durable once a later [`Backend::sync`] names it: readers
+    /// see it when this returns, a crash of the machine before the sync may lose it. Bulk
+    /// writers put many objects this way and sync them together, off their critical path.
+    /// Default: a durable [`Backend::put`].
+    async fn put_unsynced(
+        &self,
+        key: &str,
+        parts: Vec<Bytes>,
+        mode: PutMode,
+    ) -> Result<PutOutcome> {
+        let data = match <[Bytes; 1]>::try_from(parts) {
+            Ok([one]) => one,
+            Err(parts) => Bytes::from(parts.concat()),
+        };
+        self.put(key, data, mode).await
+    }
+    /// Makes the objects `keys` durable, whoever wrote them and however (after it returns,
+    /// they survive a crash of the machine as if each had been written with
+    /// [`Backend::put`]); an absent one may be [`StoreError::NotFound`]. A writer calls it for
+    /// every object a record will reference before it writes the record, including objects it
+    /// found already there (another writer's [`Backend::put_unsynced`] may not be synced yet).
+    /// Default: nothing to do (every put is durable).
+    async fn sync(&self, keys: &[String]) -> Result<()> {
+        let _ = keys;
+        Ok(())
+    }
     /// Reads a whole object ([`StoreError::NotFound`] if absent).
     async fn get(&self, key: &str) -> Result<Bytes>;
     /// Reads a byte range of an object (the range must lie inside it).
@@ -74,15 +102,22 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 /// Atomicity: `LocalFileSystem` writes every put to a staging file `<key>#<n>` and publishes it
 /// with `rename(2)` (overwrite) or `link(2)` (create, which fails if the key exists), so readers
 /// never see a partial object and a create never replaces one; staging files left by a crash
-/// are ignored by listings and removed by GC ([`Backend::remove_stale_staging`]). With `fsync` the file and its directory are synced before the put
-/// returns. `InMemory` swaps whole objects under a lock. S3 and Azure puts are atomic by the
-/// services' contracts, and both support create-only puts (`If-None-Match: *`).
+/// are ignored by listings and removed by GC ([`Backend::remove_stale_staging`]). With `fsync`
+/// the file and its directory are synced before the put returns. A local directory's
+/// [`Backend::put_unsynced`] does the same staging and publishing itself, without fsync but
+/// starting the file's write-back at once; [`Backend::sync`] then fsyncs all the files named
+/// (on several threads), drops their pages from the page cache, and fsyncs each of their
+/// directories (up to the root) once. `InMemory` swaps whole objects under a lock. S3 and
+/// Azure puts are atomic and durable by the services' contracts (so `sync` has nothing to do),
+/// and both support create-only puts (`If-None-Match: *`).
 #[derive(Debug, Clone)]
 pub struct ObjectBackend {
     store: Arc<dyn ObjectStore>,
     prefix: String,
-    /// A local directory's root (for its staging files).
+    /// A local directory's root (for its staging files, unsynced puts and syncs).
     local_root: Option<std::path::PathBuf>,
+    /// A local directory's puts fsync (and so does [`Backend::sync`]).
+    fsync: bool,
 }
 
 impl ObjectBackend {
@@ -92,14 +127,22 @@ impl ObjectBackend {
             store,
             prefix: prefix.trim_matches('/').to_string(),
             local_root: None,
+            fsync: false,
         }
     }
 
     /// A local directory at `root` (whose staging files [`Backend::remove_stale_staging`]
-    /// cleans).
+    /// cleans), taken to fsync its puts (see [`ObjectBackend::local_with`]).
     pub fn local(store: Arc<dyn ObjectStore>, root: &std::path::Path) -> Self {
+        ObjectBackend::local_with(store, root, true)
+    }
+
+    /// A local directory at `root`, `store` being `LocalFileSystem` over it with fsync on or
+    /// off as `fsync` says ([`Backend::put_unsynced`] and [`Backend::sync`] follow it).
+    pub fn local_with(store: Arc<dyn ObjectStore>, root: &std::path::Path, fsync: bool) -> Self {
         ObjectBackend {
             local_root: Some(root.to_path_buf()),
+            fsync,
             ..ObjectBackend::new(store, "")
         }
     }
@@ -123,11 +166,13 @@ impl ObjectBackend {
                 .to_string()
         }
     }
-}
 
-#[async_trait]
-impl Backend for ObjectBackend {
-    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<PutOutcome> {
+    async fn put_payload(
+        &self,
+        key: &str,
+        payload: PutPayload,
+        mode: PutMode,
+    ) -> Result<PutOutcome> {
         let opts = PutOptions {
             mode: match mode {
                 PutMode::Overwrite => object_store::PutMode::Overwrite,
@@ -135,17 +180,56 @@ impl Backend for ObjectBackend {
             },
             ..Default::default()
         };
-        match self
-            .store
-            .put_opts(&self.path(key), PutPayload::from_bytes(data), opts)
-            .await
-        {
+        match self.store.put_opts(&self.path(key), payload, opts).await {
             Ok(_) => Ok(PutOutcome::Written),
             Err(object_store::Error::AlreadyExists { .. }) if mode == PutMode::Create => {
                 Ok(PutOutcome::AlreadyExists)
             }
             Err(e) => Err(StoreError::backend("put", key, e)),
         }
+    }
+}
+
+#[async_trait]
+impl Backend for ObjectBackend {
+    async fn put(&self, key: &str, data: Bytes, mode: PutMode) -> Result<PutOutcome> {
+        self.put_payload(key, PutPayload::from_bytes(data), mode)
+            .await
+    }
+
+    async fn put_unsynced(
+        &self,
+        key: &str,
+        parts: Vec<Bytes>,
+        mode: PutMode,
+    ) -> Result<PutOutcome> {
+        let Some(root) = &self.local_root else {
+            return self
+                .put_payload(key, PutPayload::from_iter(parts), mode)
+                .await;
+        };
+        let path = root.join(self.path(key).as_ref());
+        tokio::task::spawn_blocking(move || crate::bulk::put_local(&path, &parts, mode))
+            .await
+            .map_err(|e| StoreError::InvalidArgument(format!("put task: {e}")))?
+            .map_err(|source| StoreError::Io {
+                op: "put",
+                path: key.to_string(),
+                source,
+            })
+    }
+
+    async fn sync(&self, keys: &[String]) -> Result<()> {
+        let Some(root) = self.local_root.clone().filter(|_| self.fsync) else {
+            return Ok(());
+        };
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = keys.iter().map(|k| self.path(k).to_string()).collect();
+        tokio::task::spawn_blocking(move || sync_files(&root, &keys))
+            .await
+            .map_err(|e| StoreError::InvalidArgument(format!("sync task: {e}")))?
     }
 
     async fn get(&self, key: &str) -> Result<Bytes> {
@@ -283,11 +367,80 @@ pub fn open_url(url: &str, opts: OpenOptions) -> Result<Arc<dyn Backend>> {
     let fs = object_store::local::LocalFileSystem::new_with_prefix(path)
         .map_err(|e| StoreError::backend("open", path, e))?
         .with_fsync(opts.fsync);
-    Ok(Arc::new(ObjectBackend::local(
+    Ok(Arc::new(ObjectBackend::local_with(
         Arc::new(fs),
         std::path::Path::new(path),
+        opts.fsync,
     )))
 }
+
+/// [`Backend::sync`] of a local directory: starts the write-back of every file (so that the
+/// disk writes them together), then fsyncs each and drops its pages from the page cache (see
+/// the `bulk` module), and fsyncs each directory on their paths up to `root` once (new
+/// directories were created without fsync too). The fsyncs run on several threads at once:
+/// the filesystem then commits its journal, and the disk flushes its cache, once for many of
+/// them instead of once each.
+fn sync_files(root: &std::path::Path, keys: &[String]) -> Result<()> {
+    let io_err = |path: &std::path::Path, source: std::io::Error| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            StoreError::NotFound {
+                key: path
+                    .strip_prefix(root)
+                    .unwrap_or(path)
+                    .display()
+                    .to_string(),
+            }
+        } else {
+            StoreError::Io {
+                op: "fsync",
+                path: path.display().to_string(),
+                source,
+            }
+        }
+    };
+    let mut targets = Vec::with_capacity(keys.len());
+    let mut dirs = std::collections::BTreeSet::new();
+    for key in keys {
+        let path = root.join(key);
+        let file = std::fs::File::open(&path).map_err(|e| io_err(&path, e))?;
+        crate::bulk::start_writeback(&file);
+        let mut dir = path.parent();
+        while let Some(d) = dir.filter(|d| d.starts_with(root)) {
+            if !dirs.insert(d.to_path_buf()) {
+                break;
+            }
+            dir = d.parent();
+        }
+        targets.push((path, Some(file)));
+    }
+    targets.extend(dirs.into_iter().map(|d| (d, None)));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let fsync_all = || -> Result<()> {
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some((path, file)) = targets.get(i) else {
+                return Ok(());
+            };
+            match file {
+                Some(f) => f.sync_all().map(|()| crate::bulk::drop_cached(f)),
+                None => std::fs::File::open(path).and_then(|d| d.sync_all()),
+            }
+            .map_err(|e| io_err(path, e))?;
+        }
+    };
+    let threads = targets.len().clamp(1, SYNC_THREADS);
+    std::thread::scope(|s| {
+        let others: Vec<_> = (1..threads).map(|_| s.spawn(fsync_all)).collect();
+        let mine = fsync_all();
+        others
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .fold(mine, |acc, r| acc.and(r))
+    })
+}
+
+/// Threads [`sync_files`] fsyncs on.
+const SYNC_THREADS: usize = 16;
 
 /// Whether a file name is a `LocalFileSystem` staging file: `<name>#<digits>`.
 fn is_staging_name(name: &str) -> bool {
@@ -477,6 +630,62 @@ pub mod conformance {
         )?;
         let c = b.put("c/a/x1", data.clone(), PutMode::Create).await;
         check(c.map_err(e)? == PutOutcome::Written, "create after delete")?;
+
+        // Unsynced puts: the object is the parts' concatenation, visible at once; create-only
+        // and overwrite as for put; sync of objects written either way (and in new
+        // directories).
+        let parts = vec![data.slice(..10), Bytes::new(), data.slice(10..)];
+        let u = b.put_unsynced("u/new/dir/x", parts, PutMode::Create).await;
+        check(u.map_err(e)? == PutOutcome::Written, "unsynced create")?;
+        check(
+            b.get("u/new/dir/x").await.map_err(e)? == data,
+            "unsynced put is the concatenation of its parts",
+        )?;
+        let u = b
+            .put_unsynced("u/new/dir/x", vec![other.clone()], PutMode::Create)
+            .await;
+        check(
+            u.map_err(e)? == PutOutcome::AlreadyExists,
+            "unsynced create on existing",
+        )?;
+        check(
+            b.get("u/new/dir/x").await.map_err(e)? == data,
+            "unsynced create leaves existing",
+        )?;
+        b.put_unsynced("u/y", vec![other.clone()], PutMode::Overwrite)
+            .await
+            .map_err(e)?;
+        b.put_unsynced("u/y", vec![data.clone()], PutMode::Overwrite)
+            .await
+            .map_err(e)?;
+        check(
+            b.get("u/y").await.map_err(e)? == data,
+            "unsynced overwrite replaces",
+        )?;
+        b.sync(&[
+            "u/new/dir/x".to_string(),
+            "u/y".to_string(),
+            "c/b/y".to_string(),
+        ])
+        .await
+        .map_err(e)?;
+        b.sync(&[]).await.map_err(e)?;
+        check(
+            b.get("u/new/dir/x").await.map_err(e)? == data,
+            "synced object unchanged",
+        )?;
+        let mut keys: Vec<String> = b
+            .list("u")
+            .await
+            .map_err(e)?
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        keys.sort();
+        check(
+            keys == ["u/new/dir/x", "u/y"],
+            &format!("listing of unsynced puts, got {keys:?}"),
+        )?;
         Ok(())
     }
 }

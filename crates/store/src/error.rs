@@ -84,6 +84,17 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A local directory's own I/O failed (an unsynced put, a sync).
+    #[error("store {op} of {path} failed")]
+    Io {
+        /// The operation (`put`, `fsync`).
+        op: &'static str,
+        /// The object key, or the file or directory.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The object does not exist.
     #[error("store object {key} not found")]
     NotFound {

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::FormatError;
@@ -138,13 +139,16 @@ fn invalid(field: &'static str, value: impl fmt::Display) -> FormatError {
     }
 }
 
-/// Whether every byte is zero.
+/// Whether every byte is zero. Stops at the first 4 KiB block that is not (random data costs
+/// one block, not a pass over the whole chunk).
 pub fn is_zero(data: &[u8]) -> bool {
-    let mut blocks = data.chunks_exact(16);
-    let acc = blocks.by_ref().fold(0u128, |a, c| {
-        a | u128::from_le_bytes(c.try_into().unwrap_or([0xff; 16]))
-    });
-    acc == 0 && blocks.remainder().iter().all(|&b| b == 0)
+    data.chunks(4096).all(|block| {
+        let mut words = block.chunks_exact(16);
+        let acc = words.by_ref().fold(0u128, |a, c| {
+            a | u128::from_le_bytes(c.try_into().unwrap_or([0xff; 16]))
+        });
+        acc == 0 && words.remainder().iter().all(|&b| b == 0)
+    })
 }
 
 /// Encodes a chunk object.
@@ -153,24 +157,57 @@ pub fn is_zero(data: &[u8]) -> bool {
 /// reserved 0 (u8), plain length (u32), stored payload length (u32), BLAKE3 of the plain data
 /// (32); then the payload. zstd is used unless it does not make the payload smaller.
 pub fn encode_chunk(plain: &[u8], id: &ObjectId, level: i32) -> Vec<u8> {
-    let compressed = worth_compressing(plain, level)
-        .then(|| zstd::bulk::compress(plain, level).ok())
-        .flatten()
-        .filter(|c| c.len() < plain.len());
-    let (comp, payload): (u8, &[u8]) = match &compressed {
-        Some(c) => (COMPRESSION_ZSTD, c),
-        None => (COMPRESSION_NONE, plain),
-    };
+    let compressed = compress_chunk(plain, level);
+    let payload: &[u8] = compressed.as_deref().unwrap_or(plain);
     let mut out = Vec::with_capacity(CHUNK_HEADER_LEN + payload.len());
-    out.extend_from_slice(CHUNK_MAGIC);
-    out.extend_from_slice(&(FORMAT_VERSION as u16).to_le_bytes());
-    out.push(comp);
-    out.push(0);
-    out.extend_from_slice(&(plain.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&id.0);
+    out.extend_from_slice(&chunk_header(
+        plain.len(),
+        compressed.is_some(),
+        payload.len(),
+        id,
+    ));
     out.extend_from_slice(payload);
     out
+}
+
+/// [`encode_chunk`] as two parts, the header and the payload, so that an uncompressed chunk's
+/// payload is `plain` itself (no copy): the object is their concatenation.
+pub fn encode_chunk_parts(plain: Bytes, id: &ObjectId, level: i32) -> [Bytes; 2] {
+    let (compressed, payload) = match compress_chunk(&plain, level) {
+        Some(c) => (true, Bytes::from(c)),
+        None => (false, plain.clone()),
+    };
+    let header = chunk_header(plain.len(), compressed, payload.len(), id);
+    [Bytes::copy_from_slice(&header), payload]
+}
+
+/// zstd of a chunk, unless it is not worth it (see [`encode_chunk`]).
+pub(crate) fn compress_chunk(plain: &[u8], level: i32) -> Option<Vec<u8>> {
+    worth_compressing(plain, level)
+        .then(|| zstd::bulk::compress(plain, level).ok())
+        .flatten()
+        .filter(|c| c.len() < plain.len())
+}
+
+pub(crate) fn chunk_header(
+    plain_len: usize,
+    compressed: bool,
+    payload_len: usize,
+    id: &ObjectId,
+) -> [u8; CHUNK_HEADER_LEN] {
+    let mut h = [0u8; CHUNK_HEADER_LEN];
+    h[..8].copy_from_slice(CHUNK_MAGIC);
+    h[8..10].copy_from_slice(&(FORMAT_VERSION as u16).to_le_bytes());
+    h[10] = if compressed {
+        COMPRESSION_ZSTD
+    } else {
+        COMPRESSION_NONE
+    };
+    h[11] = 0;
+    h[12..16].copy_from_slice(&(plain_len as u32).to_le_bytes());
+    h[16..20].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    h[20..52].copy_from_slice(&id.0);
+    h
 }
 
 /// Magic of a stored journal segment wrapped in zstd (a raw one starts with the journal's own
@@ -683,6 +720,27 @@ mod tests {
     }
 
     #[test]
+    fn chunk_parts_are_the_chunk() {
+        let text: Vec<u8> = (0..100_000u32).map(|i| (i % 13) as u8).collect();
+        let mut rnd = vec![0u8; 300_000];
+        blake3::Hasher::new().finalize_xof().fill(&mut rnd);
+        for data in [text, rnd] {
+            let id = ObjectId::of(&data);
+            let plain = Bytes::from(data.clone());
+            let parts = encode_chunk_parts(plain.clone(), &id, 1);
+            assert_eq!(parts[0].len(), CHUNK_HEADER_LEN);
+            assert_eq!(
+                [&parts[0][..], &parts[1][..]].concat(),
+                encode_chunk(&data, &id, 1)
+            );
+            if parts[0][10] == COMPRESSION_NONE {
+                // The payload is the caller's buffer, not a copy.
+                assert_eq!(parts[1].as_ptr(), plain.as_ptr());
+            }
+        }
+    }
+
+    #[test]
     fn page_and_root_round_trip() {
         let e = vec![Entry::Zero, Entry::Chunk(ObjectId::of(b"a")), Entry::Zero];
         let p = encode_page(&e);
@@ -722,6 +780,14 @@ mod tests {
         z[32] = 0;
         z[5] = 1;
         assert!(!is_zero(&z));
+        // Across 4 KiB blocks, and in a short last block.
+        let mut big = vec![0u8; 3 * 4096 + 100];
+        assert!(is_zero(&big));
+        for at in [0, 4095, 4096, 2 * 4096 + 17, 3 * 4096 + 99] {
+            big[at] = 0x80;
+            assert!(!is_zero(&big), "{at}");
+            big[at] = 0;
+        }
     }
 
     proptest! {

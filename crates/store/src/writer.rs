@@ -1,16 +1,18 @@
 //! [`PointWriter`]: builds a recovery point from a previous one by changing chunks.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use lifeboat_types::{CheckpointKind, DiskId, Epoch, Seq, VmId};
 
 use crate::backend::{PutMode, PutOutcome};
+use crate::bulk::ChunkBuf;
 use crate::error::{FormatError, Result, StoreError};
 use crate::format::{
-    chunk_key, encode_chunk, encode_page, encode_root, is_zero, page_key, root_key, Entry,
-    LeaseRecord, ObjectId, PointDisk, PointRecord, Root, LEASE_FORMAT, POINT_FORMAT,
+    chunk_header, chunk_key, compress_chunk, encode_chunk, encode_chunk_parts, encode_page,
+    encode_root, is_zero, page_key, root_key, Entry, LeaseRecord, ObjectId, PointDisk, PointRecord,
+    Root, LEASE_FORMAT, POINT_FORMAT,
 };
 use crate::format::{PointOrigin, GC_LOCK_KEY};
 use crate::store::{lease_key, point_id, point_key, to_ns, Store};
@@ -50,6 +52,103 @@ impl PointMeta {
     }
 }
 
+/// A chunk made ready to store, away from the writer: zero-checked, hashed and (when worth it)
+/// compressed; see [`PointWriter::set_prepared`]. Preparing is the CPU work of storing a chunk
+/// (BLAKE3, zstd): do it on blocking threads, several chunks in parallel.
+#[derive(Debug, Clone)]
+pub struct PreparedChunk {
+    len: usize,
+    entry: Entry,
+    /// The chunk object, as parts to concatenate (none for a zero chunk).
+    object: Option<Vec<Bytes>>,
+}
+
+impl PreparedChunk {
+    /// Prepares the chunk `data` for a store whose chunks are compressed at `zstd_level`
+    /// ([`crate::StoreConfig::zstd_level`]). An uncompressed chunk's object shares `data`'s
+    /// buffer (no copy).
+    pub fn new(data: Bytes, zstd_level: i32) -> Self {
+        let len = data.len();
+        if is_zero(&data) {
+            return PreparedChunk::zero(len);
+        }
+        let id = ObjectId::of(&data);
+        PreparedChunk {
+            len,
+            entry: Entry::Chunk(id),
+            object: Some(encode_chunk_parts(data, &id, zstd_level).to_vec()),
+        }
+    }
+
+    /// [`PreparedChunk::new`] from a [`ChunkBuf`]: an uncompressed chunk's object is the
+    /// buffer itself, header written in place.
+    pub fn from_buf(buf: ChunkBuf, zstd_level: i32) -> Self {
+        let len = buf.len();
+        if is_zero(buf.plain()) {
+            return PreparedChunk::zero(len);
+        }
+        let id = ObjectId::of(buf.plain());
+        let object = match compress_chunk(buf.plain(), zstd_level) {
+            Some(c) => vec![
+                Bytes::copy_from_slice(&chunk_header(len, true, c.len(), &id)),
+                Bytes::from(c),
+            ],
+            None => vec![buf.into_object(&chunk_header(len, false, len, &id))],
+        };
+        PreparedChunk {
+            len,
+            entry: Entry::Chunk(id),
+            object: Some(object),
+        }
+    }
+
+    /// A chunk of `len` bytes known to be all zeroes (say, a hole of a sparse image): nothing
+    /// to read, hash or store.
+    pub fn zero(len: usize) -> Self {
+        PreparedChunk {
+            len,
+            entry: Entry::Zero,
+            object: None,
+        }
+    }
+
+    /// Its plain length.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it is empty (never, for a chunk of a disk).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether it is all zeroes (stored as a "zero" entry, no object).
+    pub fn is_zero(&self) -> bool {
+        self.entry == Entry::Zero
+    }
+}
+
+/// What a put of a content-addressed object did.
+enum Stored {
+    /// Created, this many bytes.
+    New(u64),
+    /// It was there, older than the writer: written again (for its age; see the crate doc).
+    Rewritten,
+    /// It was there already, fresh (or another writer created it meanwhile).
+    Found,
+}
+
+/// Waits for a background sync.
+async fn join_sync(task: tokio::task::JoinHandle<Result<()>>) -> Result<()> {
+    task.await
+        .map_err(|e| StoreError::InvalidArgument(format!("chunk sync task: {e}")))?
+}
+
+/// Batches of chunk objects whose sync ([`crate::Backend::sync`]) may run at once behind
+/// [`PointWriter::set_prepared`]; beyond that it waits for the oldest. This bounds what is
+/// written but not yet durable (a local directory's dirty page cache) to a few batches.
+const SYNCS_IN_FLIGHT: usize = 2;
+
 struct DiskState {
     root: Root,
     /// Pages read (and maybe changed) by this writer, by page index.
@@ -74,6 +173,12 @@ pub struct PointWriter {
     pending_pages: HashMap<ObjectId, Vec<u8>>,
     new_chunks: u64,
     new_bytes: u64,
+    /// Background syncs of chunk objects put by [`PointWriter::set_prepared`], oldest first;
+    /// all done before the first page is written.
+    syncing: VecDeque<tokio::task::JoinHandle<Result<()>>>,
+    /// Chunk objects this point uses that were found already stored by another writer, which
+    /// may not have synced them: synced before the first page is written.
+    found: Vec<String>,
 }
 
 impl PointWriter {
@@ -110,6 +215,8 @@ impl PointWriter {
             pending_pages: HashMap::new(),
             new_chunks: 0,
             new_bytes: 0,
+            syncing: VecDeque::new(),
+            found: Vec::new(),
         };
         w.put_lease().await?;
         w.wait_for_gc().await?;
@@ -263,14 +370,7 @@ impl PointWriter {
     /// unless the store has it. Returns whether the chunk changed.
     pub async fn set_chunk(&mut self, disk: DiskId, index: u64, data: &[u8]) -> Result<bool> {
         self.refresh_lease_if_due().await?;
-        let want = self.chunk_len_of(disk, index)?;
-        if data.len() != want {
-            return Err(StoreError::InvalidArgument(format!(
-                "chunk {index} of {disk} of VM {} is {want} bytes, not {}",
-                self.vm,
-                data.len()
-            )));
-        }
+        self.check_chunk_len(disk, index, data.len())?;
         let entry = if is_zero(data) {
             Entry::Zero
         } else {
@@ -294,74 +394,121 @@ impl PointWriter {
         Ok(true)
     }
 
-    /// [`PointWriter::set_chunk`] for several chunks of one disk at once: the chunk objects are
-    /// stored concurrently (their puts, and a local directory's fsyncs, overlap), which is what
-    /// makes initial replication fast. Returns how many chunks changed.
+    /// [`PointWriter::set_chunk`] for several chunks of one disk at once: they are prepared
+    /// (hashed, compressed) in parallel on the blocking pool, then stored as
+    /// [`PointWriter::set_prepared`] does. Returns how many chunks changed.
     pub async fn set_chunks(&mut self, disk: DiskId, chunks: &[(u64, &[u8])]) -> Result<usize> {
-        self.refresh_lease_if_due().await?;
         for (index, data) in chunks {
-            let want = self.chunk_len_of(disk, *index)?;
-            if data.len() != want {
-                return Err(StoreError::InvalidArgument(format!(
-                    "chunk {index} of {disk} of VM {} is {want} bytes, not {}",
-                    self.vm,
-                    data.len()
-                )));
-            }
+            self.check_chunk_len(disk, *index, data.len())?;
         }
-        // Hash (and encode) the chunks on the blocking pool, in parallel: with BLAKE3 and zstd
-        // this is most of the CPU work of initial replication.
         let level = self.store.config.zstd_level;
         let prepared = futures::future::try_join_all(chunks.iter().map(|(index, data)| {
             let (index, data) = (*index, Bytes::copy_from_slice(data));
             async move {
-                tokio::task::spawn_blocking(move || {
-                    if is_zero(&data) {
-                        (index, Entry::Zero, None)
-                    } else {
-                        let id = ObjectId::of(&data);
-                        (
-                            index,
-                            Entry::Chunk(id),
-                            Some(encode_chunk(&data, &id, level)),
-                        )
-                    }
-                })
-                .await
-                .map_err(|e| StoreError::InvalidArgument(format!("chunk hashing task: {e}")))
+                tokio::task::spawn_blocking(move || (index, PreparedChunk::new(data, level)))
+                    .await
+                    .map_err(|e| StoreError::InvalidArgument(format!("chunk hashing task: {e}")))
             }
         }))
         .await?;
+        self.set_prepared(disk, prepared).await
+    }
+
+    /// Sets chunks of `disk` to prepared chunks (`(index, chunk)`; each exactly its chunk's
+    /// length). Zero chunks become zero entries; the objects of the others are put
+    /// concurrently unless the store has them, **without waiting for them to be durable**: a
+    /// background task syncs each call's objects ([`crate::Backend::sync`]; a local directory
+    /// fsyncs them while the caller prepares the next batch), at most a few calls' at once
+    /// (this waits for the oldest beyond that), and commit waits for every sync before it
+    /// writes the first index page. So the point record, written last, still only ever names
+    /// durable objects. Returns how many chunks changed.
+    pub async fn set_prepared(
+        &mut self,
+        disk: DiskId,
+        chunks: Vec<(u64, PreparedChunk)>,
+    ) -> Result<usize> {
+        self.refresh_lease_if_due().await?;
+        for (index, c) in &chunks {
+            self.check_chunk_len(disk, *index, c.len)?;
+        }
         // Entries and the chunks that change.
         let mut changes = Vec::new();
-        for (index, entry, encoded) in prepared {
+        for (index, c) in chunks {
             let (page, slot, current) = self.current_entry(disk, index).await?;
-            if current != Some(entry) {
-                changes.push((page, slot, entry, encoded));
+            if current != Some(c.entry) {
+                changes.push((page, slot, c));
             }
         }
         let this = &*self;
-        let stored = futures::future::try_join_all(changes.iter().filter_map(|(_, _, e, enc)| {
-            let (Entry::Chunk(id), Some(enc)) = (*e, enc) else {
+        let stored = futures::future::try_join_all(changes.iter().filter_map(|(_, _, c)| {
+            let (Entry::Chunk(id), Some(object)) = (c.entry, &c.object) else {
                 return None;
             };
-            Some(async move { this.put_addressed(&chunk_key(&id), || enc.clone()).await })
+            Some(async move {
+                let key = chunk_key(&id);
+                let n = this.put_addressed_unsynced(&key, object).await?;
+                Ok::<_, StoreError>((key, n))
+            })
         }))
         .await?;
-        for n in stored.into_iter().flatten() {
-            self.new_chunks += 1;
-            self.new_bytes += n;
+        let mut keys = Vec::with_capacity(stored.len());
+        for (key, stored) in stored {
+            if let Stored::New(n) = stored {
+                self.new_chunks += 1;
+                self.new_bytes += n;
+            }
+            // Synced whoever wrote it.
+            keys.push(key);
         }
+        self.sync_later(keys).await?;
         let changed = changes.len();
         if let Some(d) = self.disks.get_mut(&disk.0) {
-            for (page, slot, entry, _) in changes {
+            for (page, slot, c) in changes {
                 if let Some(e) = d.loaded.get_mut(&page).and_then(|p| p.get_mut(slot)) {
-                    *e = entry;
+                    *e = c.entry;
                 }
                 d.dirty.insert(page);
             }
         }
         Ok(changed)
+    }
+
+    /// Starts the sync of `keys` in the background; waits for the oldest syncs beyond
+    /// [`SYNCS_IN_FLIGHT`].
+    async fn sync_later(&mut self, keys: Vec<String>) -> Result<()> {
+        if !keys.is_empty() {
+            let backend = self.store.backend.clone();
+            self.syncing
+                .push_back(tokio::spawn(async move { backend.sync(&keys).await }));
+        }
+        while self.syncing.len() > SYNCS_IN_FLIGHT {
+            if let Some(oldest) = self.syncing.pop_front() {
+                join_sync(oldest).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every chunk object this point uses is durable: the background syncs, and
+    /// the objects found already stored.
+    async fn synced(&mut self) -> Result<()> {
+        while let Some(oldest) = self.syncing.pop_front() {
+            join_sync(oldest).await?;
+        }
+        let found = std::mem::take(&mut self.found);
+        self.store.backend.sync(&found).await
+    }
+
+    /// Refuses a chunk of the wrong length for its place.
+    fn check_chunk_len(&self, disk: DiskId, index: u64, len: usize) -> Result<()> {
+        let want = self.chunk_len_of(disk, index)?;
+        if len != want {
+            return Err(StoreError::InvalidArgument(format!(
+                "chunk {index} of {disk} of VM {} is {want} bytes, not {len}",
+                self.vm
+            )));
+        }
+        Ok(())
     }
 
     /// The length of chunk `index` of `disk`, or an error naming what is wrong.
@@ -432,22 +579,44 @@ impl PointWriter {
         Ok(())
     }
 
+    /// [`PointWriter::put_addressed`] without waiting for durability
+    /// ([`crate::Backend::put_unsynced`]): the caller syncs `key` afterwards, whether this
+    /// wrote it or found it.
+    async fn put_addressed_unsynced(&self, key: &str, object: &[Bytes]) -> Result<Stored> {
+        let backend = &self.store.backend;
+        match backend.head(key).await? {
+            Some(info) if info.last_modified >= self.fresh_since() => Ok(Stored::Found),
+            Some(_) => {
+                backend
+                    .put_unsynced(key, object.to_vec(), PutMode::Overwrite)
+                    .await?;
+                Ok(Stored::Rewritten)
+            }
+            None => {
+                let len = object.iter().map(|p| p.len() as u64).sum();
+                match backend
+                    .put_unsynced(key, object.to_vec(), PutMode::Create)
+                    .await?
+                {
+                    PutOutcome::Written => Ok(Stored::New(len)),
+                    PutOutcome::AlreadyExists => Ok(Stored::Found),
+                }
+            }
+        }
+    }
+
     /// Stores a content-addressed object unless present; an existing object older than this
     /// writer is rewritten (same bytes) so that its age protects it from GC (crate doc).
-    async fn put_addressed(
-        &self,
-        key: &str,
-        make: impl FnOnce() -> Vec<u8>,
-    ) -> Result<Option<u64>> {
+    async fn put_addressed(&self, key: &str, make: impl FnOnce() -> Vec<u8>) -> Result<Stored> {
         match self.store.backend.head(key).await? {
-            Some(info) if info.last_modified >= self.fresh_since() => Ok(None),
+            Some(info) if info.last_modified >= self.fresh_since() => Ok(Stored::Found),
             Some(_) => {
                 let body = make();
                 self.store
                     .backend
                     .put(key, Bytes::from(body), PutMode::Overwrite)
                     .await?;
-                Ok(None)
+                Ok(Stored::Rewritten)
             }
             None => {
                 let body = make();
@@ -458,8 +627,8 @@ impl PointWriter {
                     .put(key, Bytes::from(body), PutMode::Create)
                     .await?
                 {
-                    PutOutcome::Written => Ok(Some(len)),
-                    PutOutcome::AlreadyExists => Ok(None),
+                    PutOutcome::Written => Ok(Stored::New(len)),
+                    PutOutcome::AlreadyExists => Ok(Stored::Found),
                 }
             }
         }
@@ -468,12 +637,17 @@ impl PointWriter {
     async fn store_chunk(&mut self, id: &ObjectId, data: &[u8]) -> Result<()> {
         let level = self.store.config.zstd_level;
         let key = chunk_key(id);
-        if let Some(n) = self
+        match self
             .put_addressed(&key, || encode_chunk(data, id, level))
             .await?
         {
-            self.new_chunks += 1;
-            self.new_bytes += n;
+            Stored::New(n) => {
+                self.new_chunks += 1;
+                self.new_bytes += n;
+            }
+            Stored::Rewritten => {}
+            // Maybe another writer's chunk, put without syncing yet.
+            Stored::Found => self.found.push(key),
         }
         Ok(())
     }
@@ -509,7 +683,10 @@ impl PointWriter {
     ) -> Result<PointRecord> {
         self.refresh_lease_if_due().await?;
         let id = point_id(meta.seq, meta.kind);
-        // 1. Index pages (chunks were stored by set_chunk).
+        // 0. Every chunk object the point uses is durable (set_prepared's are synced in the
+        // background; chunks found stored may be another writer's, not synced yet).
+        self.synced().await?;
+        // 1. Index pages (chunks were stored by set_chunk and set_prepared).
         let mut pages: HashMap<ObjectId, Vec<u8>> = std::mem::take(&mut self.pending_pages);
         for d in self.disks.values_mut() {
             for p in d.dirty.drain() {
