@@ -132,7 +132,7 @@ where
 }
 
 /// An API error: a status and the whole cause chain.
-struct ApiErr(StatusCode, anyhow::Error);
+pub(crate) struct ApiErr(pub(crate) StatusCode, pub(crate) anyhow::Error);
 
 impl IntoResponse for ApiErr {
     fn into_response(self) -> Response {
@@ -163,7 +163,7 @@ fn not_found(what: &str, vm: &str) -> ApiErr {
     )
 }
 
-type ApiResult<T> = Result<Json<T>, ApiErr>;
+pub(crate) type ApiResult<T> = Result<Json<T>, ApiErr>;
 
 /// The entry of `vm` in `map`, or 404 naming the role.
 fn find<T: Clone>(map: &Mutex<HashMap<String, T>>, role: &str, vm: &str) -> Result<T, ApiErr> {
@@ -182,6 +182,17 @@ fn vm_id(vm: &str) -> Result<VmId, ApiErr> {
 }
 
 impl Agent {
+    /// The replication of VM `vm` at this host, whichever kind of VM replicates it (a source,
+    /// or a recovered VM after re-protect).
+    pub(crate) fn replication_of(&self, vm: &str) -> Option<Arc<Replication>> {
+        if let Some(r) = lock(&self.recovered).get(vm) {
+            if r.repl.is_on() {
+                return Some(r.repl.clone());
+            }
+        }
+        lock(&self.sources).get(vm).map(|e| e.vm.repl.clone())
+    }
+
     /// Runs an agent until `stop` turns true: restores its VMs, serves its API, registers and
     /// reports; at the end stops every VM cleanly (journals durable, last segments shipped).
     pub async fn run(cfg: AgentConfig, mut stop: watch::Receiver<bool>) -> Result<()> {
@@ -655,6 +666,7 @@ fn router(a: Arc<Agent>) -> Router {
             get(get_drill).put(put_drill).delete(delete_drill),
         )
         .route("/agent/v1/drills/{vm}/{verb}", post(drill_verb))
+        .route("/agent/v1/cuts/{verb}", post(crate::cuts::cut_verb))
         .layer(middleware::from_fn_with_state(a.clone(), auth))
         .with_state(a)
 }

@@ -45,6 +45,7 @@
 //! before a VM starts again.
 
 pub mod agent;
+pub mod cuts;
 pub mod digest;
 pub mod local;
 pub mod pick;

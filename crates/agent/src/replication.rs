@@ -101,6 +101,8 @@ struct Shared {
     copier: Mutex<Option<JoinHandle<()>>>,
     replicated_as_of: Mutex<Option<i64>>,
     fenced: Mutex<Option<String>>,
+    /// The multi-VM cut holding the journal's writes, if one does.
+    held_cut: Mutex<Option<String>>,
     /// The lowest applied position of the disks (shipping keeps the records after it).
     applied: AtomicU64,
 }
@@ -175,8 +177,19 @@ impl Replication {
             }
         }
         let want = p.clone().map(|p| (p, start));
-        if *lock(&self.sh.protect) == want {
-            return Ok(());
+        {
+            let mut cur = lock(&self.sh.protect);
+            if *cur == want {
+                return Ok(());
+            }
+            // Only the point settings (intervals, group) change: shipping goes on as it is.
+            if let (Some((c, cs)), Some((w, ws))) = (cur.as_ref(), want.as_ref()) {
+                if cs == ws && c.store_url == w.store_url && c.epoch == w.epoch {
+                    tracing::info!(vm = %self.vm, group = ?w.group, "point settings changed");
+                    *cur = want;
+                    return Ok(());
+                }
+            }
         }
         if let Some(c) = lock(&self.sh.copier).take() {
             c.abort();
@@ -370,6 +383,49 @@ impl Replication {
         }
     }
 
+    /// Holds the journal's writes for the multi-VM cut `cut`, at most until `until` (the first
+    /// phase of a cut; see `lifeboat_journal::Journal::hold_writes`).
+    pub fn hold(&self, cut: &str, until: Instant) -> Result<()> {
+        if !self.is_on() {
+            bail!("VM {} does not replicate: no cut", self.vm);
+        }
+        if let Some(why) = self.fenced_reason() {
+            bail!("VM {} is fenced on this host: {why}", self.vm);
+        }
+        let mut held = lock(&self.sh.held_cut);
+        self.journal
+            .hold_writes(until)
+            .with_context(|| format!("VM {}: holding writes for cut {cut}", self.vm))?;
+        *held = Some(cut.to_string());
+        Ok(())
+    }
+
+    /// Appends the cut's marker while the writes are held and releases them (the second phase).
+    pub fn commit_cut(&self, cut: &str, kind: CheckpointKind, time: SystemTime) -> Result<Seq> {
+        let mut held = lock(&self.sh.held_cut);
+        if held.as_deref() != Some(cut) {
+            bail!(
+                "VM {}: cut {cut} does not hold its writes ({}): the cut is abandoned",
+                self.vm,
+                held.as_deref()
+                    .map_or("none is held".to_string(), |c| format!("cut {c} does"))
+            );
+        }
+        *held = None;
+        self.journal
+            .checkpoint_and_release(kind, time)
+            .with_context(|| format!("VM {}: the marker of cut {cut}", self.vm))
+    }
+
+    /// Releases the writes held for `cut` (an abandoned cut); nothing if it holds none.
+    pub fn release_cut(&self, cut: &str) {
+        let mut held = lock(&self.sh.held_cut);
+        if held.as_deref() == Some(cut) {
+            *held = None;
+            self.journal.release_writes();
+        }
+    }
+
     /// Shuts the VM's QEMU down (ACPI, then quit, then kill) and ships every write it made
     /// (failover with "shut down the source").
     pub async fn shutdown_and_ship(
@@ -422,8 +478,10 @@ async fn ticker(me: Arc<Replication>, mut stop: watch::Receiver<bool>) {
             _ = every.tick() => {}
             _ = stop.changed() => return,
         }
+        // A group member's points are the group's cuts (the vault's), never its own.
         let point_every = lock(&me.sh.protect)
             .as_ref()
+            .filter(|p| p.0.group.is_none())
             .map(|p| p.0.point_secs)
             .filter(|s| *s > 0)
             .map(Duration::from_secs);

@@ -143,6 +143,12 @@ pub enum JournalError {
         ours: Epoch,
     },
     /// Another `Journal` (in this or another process) has the directory open.
+    /// [`crate::Journal::hold_writes`] while another cut holds them.
+    #[error("journal in {0}: writes are already held for another consistency cut")]
+    HoldBusy(PathBuf),
+    /// [`crate::Journal::checkpoint_and_release`] after the hold expired or was released.
+    #[error("journal in {0}: the hold of writes expired before the cut's marker (cut abandoned)")]
+    HoldExpired(PathBuf),
     #[error("journal in {0} is already open by another writer")]
     Locked(PathBuf),
     /// A file named `seg-*` that is not a journal file name.

@@ -148,6 +148,8 @@ pub struct Journal {
     seal_lock: Mutex<()>,
     failed: AtomicBool,
     fdatasyncs: AtomicU64,
+    /// Holds writes for a multi-VM consistency cut (see [`crate::gate`]).
+    gate: crate::gate::Gate,
     #[cfg(test)]
     pub(crate) test_sync_delay: Mutex<Duration>,
 }
@@ -229,6 +231,7 @@ impl Journal {
             seal_lock: Mutex::new(()),
             failed: AtomicBool::new(false),
             fdatasyncs,
+            gate: Default::default(),
             #[cfg(test)]
             test_sync_delay: Mutex::new(Duration::ZERO),
         })
@@ -275,16 +278,19 @@ impl Journal {
                 max: MAX_RECORD_DATA,
             });
         }
+        self.gate.pass();
         self.append(range_head(disk, RecordKind::Write, offset, len)?, data)
     }
 
     /// Appends a zeroing of `len` bytes at `offset` of `disk`.
     pub fn append_zero(&self, disk: DiskId, offset: u64, len: u64) -> Result<Seq, JournalError> {
+        self.gate.pass();
         self.append(range_head(disk, RecordKind::Zero, offset, len)?, &[])
     }
 
     /// Appends a trim (discard) of `len` bytes at `offset` of `disk`.
     pub fn append_trim(&self, disk: DiskId, offset: u64, len: u64) -> Result<Seq, JournalError> {
+        self.gate.pass();
         self.append(range_head(disk, RecordKind::Trim, offset, len)?, &[])
     }
 
@@ -306,6 +312,35 @@ impl Journal {
             time_ms: 0,
         };
         self.append(head, &[])
+    }
+
+    /// Holds every write, zero and trim (they wait in their append) until
+    /// [`Journal::checkpoint_and_release`], [`Journal::release_writes`] or `until`, whichever
+    /// comes first: the first phase of a multi-VM consistency cut (see the crate doc).
+    pub fn hold_writes(&self, until: std::time::Instant) -> Result<(), JournalError> {
+        if self.gate.hold(until) {
+            Ok(())
+        } else {
+            Err(JournalError::HoldBusy(self.dir.clone()))
+        }
+    }
+
+    /// Appends a checkpoint marker while writes are still held, then releases them: the second
+    /// phase of a cut. Fails with [`JournalError::HoldExpired`] (nothing appended) if the hold
+    /// expired or was released: the cut is then not consistent and must be abandoned.
+    pub fn checkpoint_and_release(
+        &self,
+        kind: CheckpointKind,
+        time: SystemTime,
+    ) -> Result<Seq, JournalError> {
+        self.gate
+            .release_with(|| self.append_checkpoint(kind, time))
+            .unwrap_or_else(|| Err(JournalError::HoldExpired(self.dir.clone())))
+    }
+
+    /// Releases held writes (an abandoned cut); nothing if none are held.
+    pub fn release_writes(&self) {
+        self.gate.release();
     }
 
     fn check_ok(&self) -> Result<(), JournalError> {

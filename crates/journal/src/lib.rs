@@ -121,6 +121,12 @@
 //!   dirty pages, so no later fsync could be trusted: the journal refuses all further work
 //!   ([`JournalError::Failed`]) until it is reopened, which re-reads what is really on disk.
 //! * A journal directory is `flock`ed exclusively while a [`Journal`] has it open.
+//! * **Holding writes for a multi-VM cut**: [`Journal::hold_writes`] makes every write, zero
+//!   and trim wait in its append (markers pass) until [`Journal::checkpoint_and_release`]
+//!   appends the cut's marker and releases them, or the hold's deadline passes (then the marker
+//!   is refused: [`JournalError::HoldExpired`]). A coordinator that holds every member's journal
+//!   before it appends any marker gets a cut with no write that causally follows a write it
+//!   lacks (the argument is in the `gate` module).
 //!
 //! ## Recovery and the crash-safety argument
 //!
@@ -163,6 +169,7 @@
 mod error;
 mod files;
 mod format;
+mod gate;
 mod journal;
 mod reader;
 mod recover;

@@ -15,6 +15,7 @@
 mod agent_cmd;
 mod client;
 mod disk_serve;
+mod group_cmd;
 mod initial_copy;
 mod journal_cmd;
 mod store_cmd;
@@ -145,6 +146,13 @@ enum Command {
         #[command(flatten)]
         args: client::OpArgs,
     },
+    /// Replication groups: multi-VM consistency (vault API).
+    Group {
+        #[command(flatten)]
+        conn: client::VaultConn,
+        #[command(subcommand)]
+        cmd: group_cmd::GroupCmd,
+    },
     /// Events, oldest first (vault API).
     Events {
         #[command(flatten)]
@@ -237,6 +245,7 @@ fn main() -> std::process::ExitCode {
             client::operate(&conn, "cleanup-test-failover", args)
         }
         Command::Job { conn, cmd } => client::job(&conn, cmd),
+        Command::Group { conn, cmd } => group_cmd::run(&conn, cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

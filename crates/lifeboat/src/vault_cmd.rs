@@ -101,10 +101,21 @@ pub async fn serve(
 ) -> Result<()> {
     let addr = listener.local_addr().context("the vault's address")?;
     tracing::info!(listen = %addr, "vault serving");
+    let cutter = tokio::spawn(lifeboat_vault::groups::run_cutter(vault.clone()));
+    let _stop_cutter = AbortOnDrop(cutter);
     axum::serve(listener, api::router(vault, token))
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|v| *v).await;
         })
         .await
         .context("serving the API")
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -207,6 +207,21 @@ impl CheckpointKind {
     }
 }
 
+impl std::str::FromStr for CheckpointKind {
+    type Err = String;
+
+    /// `crash-consistent` or `app-consistent` (the [`fmt::Display`] names).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "crash-consistent" => Ok(CheckpointKind::CrashConsistent),
+            "app-consistent" => Ok(CheckpointKind::AppConsistent),
+            other => Err(format!(
+                "unknown checkpoint kind {other:?}: use crash-consistent or app-consistent"
+            )),
+        }
+    }
+}
+
 impl fmt::Display for CheckpointKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -251,5 +266,9 @@ mod tests {
             CheckpointKind::from_code(2),
             Ok(CheckpointKind::AppConsistent)
         );
+        for k in [CheckpointKind::CrashConsistent, CheckpointKind::AppConsistent] {
+            assert_eq!(k.to_string().parse::<CheckpointKind>(), Ok(k));
+        }
+        assert!("app".parse::<CheckpointKind>().is_err());
     }
 }

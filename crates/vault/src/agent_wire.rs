@@ -31,6 +31,14 @@
 //! | `PUT /agent/v1/drills/{vm}` | [`RecoverSpec`] (`drill: true`) | [`RecoveredStatus`] |
 //! | `POST /agent/v1/drills/{vm}/start` | | [`RecoveredStatus`] |
 //! | `DELETE /agent/v1/drills/{vm}` | | `{}` (the copy and its writes are gone, the pin too) |
+//! | `POST /agent/v1/cuts/freeze`, `hold`, `commit`, `release`, `thaw` | [`CutRequest`] | [`CutAnswer`] |
+//!
+//! A **multi-VM cut** (a replication group's shared point): the vault freezes the members'
+//! guest filesystems (app-consistent cuts only), holds every member's journal writes on every
+//! host, and only when all are held commits: each journal gets a marker with the same kind and
+//! time, and its writes go on. Any failure releases (and thaws) everything and the cut is
+//! abandoned; a hold expires by itself after `hold_ms`, so a vault that dies mid-cut never
+//! stalls a guest for longer.
 //!
 //! Re-protect (the vault's `reprotect` job): the host with the **original disks** releases
 //! them (`local/{vm}/release`: the old source or recovered VM is closed, never started again,
@@ -59,6 +67,14 @@ pub struct Protection {
     /// A crash-consistent checkpoint marker this often (seconds; 0: none).
     #[serde(default = "default_point_secs")]
     pub point_secs: u64,
+    /// An app-consistent point (guest filesystems frozen through the QEMU guest agent) this
+    /// often (seconds; 0: none).
+    #[serde(default)]
+    pub app_secs: u64,
+    /// The replication group the VM belongs to: its points are then cut by the vault across
+    /// the whole group (`cuts/*`), and the agent cuts none of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 fn default_point_secs() -> u64 {
@@ -365,4 +381,58 @@ pub struct LocalDisks {
     pub old_spool: Option<lifeboat_policy::Covered>,
     /// Seeding of the store from them.
     pub seed: Option<CopyState>,
+}
+
+/// One phase of a multi-VM cut, for the listed VMs at this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CutRequest {
+    /// The cut's id (the same for every phase and host).
+    pub cut: String,
+    /// The VMs at this host (replicating sources).
+    pub vms: Vec<String>,
+    /// `hold`: how long the writes may stay held at most (milliseconds).
+    #[serde(default)]
+    pub hold_ms: u64,
+    /// `commit`: `crash-consistent` or `app-consistent`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// `commit`: the cut's time, nanoseconds since 1970 (every member's marker carries it).
+    #[serde(default)]
+    pub time_ns: Option<u64>,
+    /// `freeze`: how long the guest agent may take to freeze (milliseconds).
+    #[serde(default)]
+    pub freeze_timeout_ms: u64,
+}
+
+/// The outcome of a cut phase per VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CutAnswer {
+    /// One per VM of the request, in its order.
+    pub vms: Vec<CutVm>,
+}
+
+/// The outcome of a cut phase for one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CutVm {
+    /// The VM.
+    pub vm: String,
+    /// `commit`: the marker's journal position.
+    pub seq: Option<u64>,
+    /// `freeze`/`thaw`: how many filesystems.
+    pub filesystems: Option<u32>,
+    /// Why this VM's phase failed (the cut is then abandoned).
+    pub error: Option<String>,
+}
+
+impl CutVm {
+    /// A phase that went well for `vm` (and says nothing more).
+    pub fn ok(vm: &str) -> Self {
+        CutVm {
+            vm: vm.to_string(),
+            seq: None,
+            filesystems: None,
+            error: None,
+        }
+    }
 }

@@ -22,6 +22,7 @@ use crate::model::{
     CreateVm, Event, HealthInfo, Host, Item, Job, OperationRequest, PointInfo, Policy,
     ProtectRequest, Region, RegisterHost, Step, Vm,
 };
+use crate::groups::{CreateGroup, CutMember, Group, GroupCut, GroupPoint};
 use crate::service::Vault;
 
 #[derive(Clone)]
@@ -77,6 +78,11 @@ pub fn router(vault: Vault, token: String) -> Router {
         .route("/api/items/{vm}/health", get(item_health))
         .route("/api/items/{vm}/reprotect-plan", get(reprotect_plan))
         .route("/api/items/{vm}/{operation}", post(operate))
+        .route("/api/groups", get(list_groups).post(create_group))
+        .route("/api/groups/{name}", get(get_group).delete(delete_group))
+        .route("/api/groups/{name}/points", get(group_points))
+        .route("/api/groups/{name}/cut", post(cut_group))
+        .route("/api/groups/{name}/{operation}", post(group_operation))
         .route("/api/jobs", get(list_jobs))
         .route("/api/jobs/{id}", get(get_job))
         .route("/api/events", get(list_events))
@@ -106,12 +112,14 @@ async fn not_found() -> Response {
         list_regions, add_region, list_hosts, register_host, host_report, list_policies,
         put_policy, list_vms, create_vm, vm_power, list_items, protect, get_item, item_points, item_health, reprotect_plan, operate,
         list_jobs, get_job,
-        list_events
+        list_events, list_groups, create_group, get_group, delete_group, group_points, cut_group,
+        group_operation
     ),
     components(schemas(
         Region, RegisterHost, Host, Policy, CreateVm, Vm, ProtectRequest, OperationRequest,
         Item, crate::model::Drill, Step, Job, Event, ErrorBody, PointInfo, HealthInfo, HostReport, SourceStatus,
-        ReplicaStatus, RecoveredStatus, CopyState, crate::reprotect::ReprotectPlan
+        ReplicaStatus, RecoveredStatus, CopyState, crate::reprotect::ReprotectPlan,
+        CreateGroup, Group, GroupCut, CutMember, GroupPoint, CutKind
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -334,4 +342,125 @@ async fn list_events(State(st): State<AppState>, Query(q): Query<Since>) -> ApiR
         q.since.unwrap_or(0),
         q.limit.unwrap_or(100).clamp(1, 10_000),
     )?))
+}
+
+#[utoipa::path(get, path = "/api/groups", responses((status = 200, body = [Group])))]
+async fn list_groups(State(st): State<AppState>) -> ApiResult<Vec<Group>> {
+    Ok(Json(st.vault.groups()?))
+}
+
+#[utoipa::path(post, path = "/api/groups", request_body = CreateGroup,
+    responses((status = 200, body = Group), (status = 400, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+async fn create_group(State(st): State<AppState>, b: Bytes) -> ApiResult<Group> {
+    let g: CreateGroup = body("replication group", &b)?;
+    Ok(Json(st.vault.create_group(&g).await?))
+}
+
+#[utoipa::path(get, path = "/api/groups/{name}",
+    params(("name" = String, Path, description = "Replication group")),
+    responses((status = 200, body = Group), (status = 404, body = ErrorBody)))]
+async fn get_group(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<Group> {
+    Ok(Json(st.vault.group(&name)?))
+}
+
+#[utoipa::path(delete, path = "/api/groups/{name}",
+    params(("name" = String, Path, description = "Replication group")),
+    responses((status = 200), (status = 404, body = ErrorBody)))]
+async fn delete_group(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<serde_json::Value> {
+    st.vault.delete_group(&name).await?;
+    Ok(Json(serde_json::json!({})))
+}
+
+#[utoipa::path(get, path = "/api/groups/{name}/points",
+    params(("name" = String, Path, description = "Replication group")),
+    responses((status = 200, body = [GroupPoint]), (status = 404, body = ErrorBody),
+              (status = 502, body = ErrorBody)))]
+async fn group_points(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Vec<GroupPoint>> {
+    Ok(Json(st.vault.group_points(&name).await?))
+}
+
+/// The kind of an on-demand group cut.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CutKind {
+    /// `crash-consistent` (default) or `app-consistent`.
+    #[serde(default)]
+    kind: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/groups/{name}/cut", request_body = CutKind,
+    params(("name" = String, Path, description = "Replication group")),
+    responses((status = 200, body = GroupCut), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+async fn cut_group(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> ApiResult<GroupCut> {
+    let k: CutKind = if b.iter().all(u8::is_ascii_whitespace) {
+        CutKind { kind: None }
+    } else {
+        body("cut", &b)?
+    };
+    let kind = k
+        .kind
+        .as_deref()
+        .unwrap_or("crash-consistent")
+        .parse()
+        .map_err(|_| {
+            VaultError::BadRequest(
+                "cut kind must be crash-consistent or app-consistent".to_string(),
+            )
+        })?;
+    Ok(Json(st.vault.cut_group(&name, kind).await?))
+}
+
+#[utoipa::path(post, path = "/api/groups/{name}/{operation}", request_body = OperationRequest,
+    params(("name" = String, Path, description = "Replication group"),
+           ("operation" = String, Path, description = "failover, test-failover, \
+            cleanup-test-failover, commit, reprotect")),
+    responses((status = 200, body = [Job]), (status = 400, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+async fn group_operation(
+    State(st): State<AppState>,
+    Path((name, operation)): Path<(String, String)>,
+    b: Bytes,
+) -> ApiResult<Vec<Job>> {
+    let op: Operation = operation
+        .parse()
+        .ok()
+        .filter(|o| {
+            matches!(
+                o,
+                Operation::Failover
+                    | Operation::TestFailover
+                    | Operation::CleanupTestFailover
+                    | Operation::Commit
+                    | Operation::Reprotect
+            )
+        })
+        .ok_or_else(|| {
+            VaultError::BadRequest(format!(
+                "unknown group operation {operation:?}: use failover, test-failover, \
+                 cleanup-test-failover, commit or reprotect"
+            ))
+        })?;
+    let req: OperationRequest = if b.iter().all(u8::is_ascii_whitespace) {
+        OperationRequest::default()
+    } else {
+        body("operation request", &b)?
+    };
+    if req.group.is_some() {
+        return Err(VaultError::BadRequest(
+            "`group` is set by the vault itself: leave it out".to_string(),
+        ));
+    }
+    Ok(Json(st.vault.group_operation(&name, op, &req).await?))
 }

@@ -78,6 +78,21 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE items ADD COLUMN drill TEXT;
      ALTER TABLE items ADD COLUMN last_drill_at INTEGER;
      ALTER TABLE items ADD COLUMN last_drill_notes TEXT;",
+    // 5: replication groups (multi-VM consistency) and their cuts (the shared points).
+    "CREATE TABLE replication_groups (
+        name TEXT PRIMARY KEY,
+        created_at INTEGER NOT NULL
+     );
+     ALTER TABLE items ADD COLUMN replication_group TEXT REFERENCES replication_groups(name);
+     CREATE TABLE group_cuts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        grp TEXT NOT NULL REFERENCES replication_groups(name) ON DELETE CASCADE,
+        time_ns INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        members TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+     );
+     CREATE INDEX group_cuts_by_group ON group_cuts(grp, time_ns);",
 ];
 
 /// Milliseconds since 1970.

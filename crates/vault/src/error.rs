@@ -47,6 +47,10 @@ pub enum VaultError {
         /// Its name.
         name: String,
     },
+    /// An operation that conflicts with how things are (e.g. one VM of a replication group
+    /// failed over alone); the message says what to do.
+    #[error("{0}")]
+    Conflict(String),
     /// An operation in the wrong state.
     #[error("VM {vm}: {refused}")]
     WrongState {
@@ -103,7 +107,9 @@ impl VaultError {
         match self {
             VaultError::BadRequest(_) => StatusCode::BAD_REQUEST,
             VaultError::NotFound { .. } => StatusCode::NOT_FOUND,
-            VaultError::Exists { .. } | VaultError::WrongState { .. } => StatusCode::CONFLICT,
+            VaultError::Exists { .. }
+            | VaultError::WrongState { .. }
+            | VaultError::Conflict(_) => StatusCode::CONFLICT,
             VaultError::Unauthorized => StatusCode::UNAUTHORIZED,
             VaultError::Store { .. } | VaultError::Agent { .. } => StatusCode::BAD_GATEWAY,
             VaultError::NoAgent(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -28,7 +28,7 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 
 use crate::agent_wire::{
-    Protection, RecoverSpec, RecoveredStatus, ReplicaSpec, ReplicaStatus, ShutdownAnswer,
+    RecoverSpec, RecoveredStatus, ReplicaSpec, ReplicaStatus, ShutdownAnswer,
     ShutdownRequest, SourceSpec, SourceStatus,
 };
 use crate::error::{chain, ErrorBody, VaultError};
@@ -134,6 +134,10 @@ impl AgentExecutor {
 }
 
 impl Executor for AgentExecutor {
+    fn agent_client(&self) -> Option<AgentClient> {
+        Some(self.client.clone())
+    }
+
     fn run(&self, vault: Vault, job: i64) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let client = self.client.clone();
         Box::pin(async move {
@@ -352,11 +356,12 @@ async fn protect(r: &mut Run) -> Flow {
     let spec = SourceSpec {
         definition: vm.definition.clone(),
         running: None,
-        protect: Some(Protection {
+        protect: Some(crate::groups::protection(
             store_url,
-            epoch: item.epoch,
-            point_secs: policy.crash_consistent_interval.as_secs(),
-        }),
+            item.epoch,
+            &policy,
+            item.replication_group.clone(),
+        )),
     };
     let spath = format!("/agent/v1/sources/{}", r.vm);
     let _: SourceStatus = r.call(&source, Method::PUT, &spath, Some(&spec)).await?;
@@ -785,11 +790,12 @@ async fn set_running(
             })?;
             if replicates(s) {
                 let (_, store_url, policy) = vault.item_store(name)?;
-                Some(Protection {
+                Some(crate::groups::protection(
                     store_url,
-                    epoch: i.epoch,
-                    point_secs: policy.crash_consistent_interval.as_secs(),
-                })
+                    i.epoch,
+                    &policy,
+                    i.replication_group.clone(),
+                ))
             } else {
                 None
             }

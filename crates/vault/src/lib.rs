@@ -39,6 +39,7 @@ pub mod db;
 pub mod drill;
 pub mod error;
 pub mod executor;
+pub mod groups;
 pub mod model;
 pub mod reprotect;
 pub mod service;

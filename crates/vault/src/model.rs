@@ -120,6 +120,10 @@ pub struct OperationRequest {
     /// Cleanup test failover: the operator's notes.
     #[serde(default)]
     pub notes: Option<String>,
+    /// Set by the vault on each member's job of a replication group's operation (an API body
+    /// that sets it is refused: use the group's operation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// A replicated item: a protected VM and its replication state.
@@ -170,6 +174,9 @@ pub struct Item {
     /// The operator's notes of the last drill.
     #[serde(default)]
     pub last_drill_notes: Option<String>,
+    /// The replication group (multi-VM consistency) the VM belongs to.
+    #[serde(default)]
+    pub replication_group: Option<String>,
     /// Last change (ms since 1970).
     pub updated_at: i64,
 }

@@ -28,7 +28,7 @@ use reqwest::Method;
 use serde::Serialize;
 
 use crate::agent_wire::{
-    DigestAnswer, DigestRequest, LocalDisks, Protection, RecoveredStatus, ReleaseRequest,
+    DigestAnswer, DigestRequest, LocalDisks, RecoveredStatus, ReleaseRequest,
     ReplicaSpec, ReplicaStatus, ResyncRequest, ReverseAnswer, ReverseRequest, SeedRequest,
 };
 use crate::error::VaultError;
@@ -205,11 +205,12 @@ pub(crate) async fn reprotect(r: &mut Run) -> Flow {
         .map_err(|e| format!("reading the divergence summary in {x_url}: {e}"))?
         .filter(|d| d.point_seq == rec.point_seq);
     let req = ReverseRequest {
-        protect: Protection {
-            store_url: y_url.clone(),
-            epoch: item.epoch,
-            point_secs: policy.crash_consistent_interval.as_secs(),
-        },
+        protect: crate::groups::protection(
+            y_url.clone(),
+            item.epoch,
+            &policy,
+            item.replication_group.clone(),
+        ),
         original_sizes: rel.sizes.clone(),
         unusable: rel.unusable.clone(),
         after_point_store: summary.as_ref().map(covered),

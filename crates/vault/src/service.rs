@@ -39,6 +39,11 @@ pub trait Executor: Send + Sync + 'static {
         })
     }
 
+    /// The client the vault calls agents with, if it has agents (replication groups' cuts).
+    fn agent_client(&self) -> Option<crate::executor::AgentClient> {
+        None
+    }
+
     /// What re-protecting `vm` would do (asks the agents; changes nothing).
     fn reprotect_plan(
         &self,
@@ -75,6 +80,8 @@ impl Executor for NoAgents {
 pub struct Vault {
     pub(crate) db: Db,
     executor: Arc<dyn Executor>,
+    /// One multi-VM cut at a time (the schedule's and those asked for).
+    pub(crate) cut_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn name_ok(kind: &'static str, name: &str) -> Result<(), VaultError> {
@@ -195,6 +202,7 @@ fn item_of(row: &Row<'_>) -> rusqlite::Result<(Item, String, Option<i64>)> {
                 .and_then(|j| serde_json::from_str(&j).ok()),
             last_drill_at: row.get(15)?,
             last_drill_notes: row.get(16)?,
+            replication_group: row.get(17)?,
         },
         state,
         row.get::<_, Option<i64>>(10)?,
@@ -251,7 +259,7 @@ pub(crate) fn host_of(r: &Row<'_>) -> rusqlite::Result<Host> {
 const ITEM_COLS: &str = "vm, state, policy, source_region, target_region, active_region, \
                          percent_synced, epoch, job, updated_at, replicated_as_of, \
                          hydrated_percent, target_vcpus, target_memory_mib, drill, \
-                         last_drill_at, last_drill_notes";
+                         last_drill_at, last_drill_notes, replication_group";
 
 /// Whether an item in state `s` replicates (so has an RPO).
 pub(crate) fn replicates(s: ItemState) -> bool {
@@ -318,7 +326,11 @@ impl Vault {
     /// A vault on `db` whose jobs `executor` runs. Jobs a previous run left running are ended
     /// as failed (their item returns to where it was) before anything else happens.
     pub fn new(db: Db, executor: Arc<dyn Executor>) -> Result<Self, VaultError> {
-        let v = Vault { db, executor };
+        let v = Vault {
+            db,
+            executor,
+            cut_lock: Arc::default(),
+        };
         v.ensure_default_policy()?;
         v.recover_interrupted_jobs()?;
         Ok(v)
@@ -737,46 +749,83 @@ impl Vault {
         op: Operation,
         req: &OperationRequest,
     ) -> Result<Job, VaultError> {
-        check_request(op, req)?;
+        if req.group.is_some() {
+            return Err(VaultError::BadRequest(
+                "`group` is set by the vault itself: operate on a replication group with \
+                 POST /api/groups/{name}/{operation}"
+                    .to_string(),
+            ));
+        }
+        let mut jobs = self.start_many(op, &[(vm.to_string(), req.clone())])?;
+        jobs.pop().ok_or_else(|| VaultError::BadRequest("no job started".to_string()))
+    }
+
+    /// Starts `op` on several items in one transaction: all start or none does (a replication
+    /// group's operation); the executor then runs every job.
+    pub(crate) fn start_many(
+        &self,
+        op: Operation,
+        items: &[(String, OperationRequest)],
+    ) -> Result<Vec<Job>, VaultError> {
+        for (_, req) in items {
+            check_request(op, req)?;
+        }
         let now = now_ms();
-        let steps = serde_json::to_string(&steps_of(op, req))
-            .map_err(|e| VaultError::BadRequest(e.to_string()))?;
-        let params_json =
-            serde_json::to_string(req).map_err(|e| VaultError::BadRequest(e.to_string()))?;
-        let job = self.db.tx("starting an operation", |tx| {
-            let item = read_item(tx, vm)?;
-            let state: ItemState = item.state.parse().map_err(|_| VaultError::Corrupt {
-                what: "item state",
-                value: item.state.clone(),
-            })?;
-            let next = begin(state, op).map_err(|refused| VaultError::WrongState {
-                vm: vm.to_string(),
-                refused,
-            })?;
-            tx.execute(
-                "INSERT INTO jobs (operation, vm, from_state, status, steps, params, created_at)
-                 VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6)",
-                params![op.as_str(), vm, state.as_str(), steps, params_json, now],
-            )
-            .map_err(sql("recording a job"))?;
-            let id = tx.last_insert_rowid();
-            tx.execute(
-                "UPDATE items SET state = ?1, job = ?2, updated_at = ?3 WHERE vm = ?4",
-                params![next.as_str(), id, now, vm],
-            )
-            .map_err(sql("updating an item"))?;
-            event(
-                tx,
-                "info",
-                Some(vm),
-                Some(id),
-                &format!("{op} of VM {vm} started (job {id})"),
-            )?;
-            read_job(tx, id)
+        let jobs = self.db.tx("starting an operation", |tx| {
+            let mut jobs = Vec::new();
+            for (vm, req) in items {
+                let steps = serde_json::to_string(&steps_of(op, req))
+                    .map_err(|e| VaultError::BadRequest(e.to_string()))?;
+                let params_json = serde_json::to_string(req)
+                    .map_err(|e| VaultError::BadRequest(e.to_string()))?;
+                let item = read_item(tx, vm)?;
+                let state: ItemState = item.state.parse().map_err(|_| VaultError::Corrupt {
+                    what: "item state",
+                    value: item.state.clone(),
+                })?;
+                let next = begin(state, op).map_err(|refused| VaultError::WrongState {
+                    vm: vm.to_string(),
+                    refused,
+                })?;
+                crate::groups::refuse_alone(vm, item.replication_group.as_deref(), op, req)?;
+                tx.execute(
+                    "INSERT INTO jobs (operation, vm, from_state, status, steps, params, created_at)
+                     VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6)",
+                    params![op.as_str(), vm, state.as_str(), steps, params_json, now],
+                )
+                .map_err(sql("recording a job"))?;
+                let id = tx.last_insert_rowid();
+                tx.execute(
+                    "UPDATE items SET state = ?1, job = ?2, updated_at = ?3 WHERE vm = ?4",
+                    params![next.as_str(), id, now, vm],
+                )
+                .map_err(sql("updating an item"))?;
+                let of_group = req
+                    .group
+                    .as_ref()
+                    .map(|g| format!(" as part of replication group {g}"))
+                    .unwrap_or_default();
+                event(
+                    tx,
+                    "info",
+                    Some(vm),
+                    Some(id),
+                    &format!("{op} of VM {vm} started (job {id}){of_group}"),
+                )?;
+                jobs.push(read_job(tx, id)?);
+            }
+            Ok(jobs)
         })?;
-        let run = self.executor.run(self.clone(), job.id);
-        tokio::spawn(run);
-        Ok(job)
+        for job in &jobs {
+            let run = self.executor.run(self.clone(), job.id);
+            tokio::spawn(run);
+        }
+        Ok(jobs)
+    }
+
+    /// The client to call agents with (none when the vault has no agents).
+    pub(crate) fn agent_client(&self) -> Option<crate::executor::AgentClient> {
+        self.executor.agent_client()
     }
 
     /// Records a step's status (and detail) and the job's progress.
