@@ -55,6 +55,9 @@ pub enum VaultError {
         /// Why.
         refused: Refused,
     },
+    /// A request that conflicts with the object's state (the message says what to do).
+    #[error("{0}")]
+    Conflict(String),
     /// No agent can act for a region now.
     #[error("{0}")]
     NoAgent(String),
@@ -103,7 +106,9 @@ impl VaultError {
         match self {
             VaultError::BadRequest(_) => StatusCode::BAD_REQUEST,
             VaultError::NotFound { .. } => StatusCode::NOT_FOUND,
-            VaultError::Exists { .. } | VaultError::WrongState { .. } => StatusCode::CONFLICT,
+            VaultError::Exists { .. } | VaultError::WrongState { .. } | VaultError::Conflict(_) => {
+                StatusCode::CONFLICT
+            }
             VaultError::Unauthorized => StatusCode::UNAUTHORIZED,
             VaultError::Store { .. } | VaultError::Agent { .. } => StatusCode::BAD_GATEWAY,
             VaultError::NoAgent(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -40,6 +40,8 @@ pub mod drill;
 pub mod error;
 pub mod executor;
 pub mod model;
+pub mod plan;
+pub mod plan_run;
 pub mod reprotect;
 pub mod service;
 

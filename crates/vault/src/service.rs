@@ -321,6 +321,7 @@ impl Vault {
         let v = Vault { db, executor };
         v.ensure_default_policy()?;
         v.recover_interrupted_jobs()?;
+        v.recover_plan_runs()?;
         Ok(v)
     }
 
