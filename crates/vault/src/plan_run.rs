@@ -728,6 +728,10 @@ async fn drive_steps(vault: &Vault, id: i64) -> Result<(), VaultError> {
         let stop = !matches!(end, StepEnd::Succeeded(..));
         vault.change_run(id, |r| {
             let plan = r.plan.clone();
+            if r.status != "running" || r.steps.get(i).is_none_or(|s| s.status != "running") {
+                // Changed meanwhile (a vault restart marked it failed): its result is stale.
+                return None;
+            }
             let s = &mut r.steps[i];
             match end {
                 StepEnd::Succeeded(detail, jobs) => {
