@@ -137,16 +137,16 @@ pub enum JobCmd {
     Watch { id: i64 },
 }
 
-struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
     token: String,
-    format: Format,
+    pub(crate) format: Format,
     rt: tokio::runtime::Runtime,
 }
 
 impl Client {
-    fn new(c: &VaultConn) -> Result<Self> {
+    pub(crate) fn new(c: &VaultConn) -> Result<Self> {
         let token = match (&c.token, &c.token_file) {
             (Some(t), _) => t.clone(),
             (None, Some(f)) => std::fs::read_to_string(f)
@@ -174,7 +174,12 @@ impl Client {
         })
     }
 
-    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+    pub(crate) fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
         let url = format!("{}{path}", self.base);
         self.rt.block_on(async {
             let mut r = self
@@ -208,15 +213,15 @@ impl Client {
         })
     }
 
-    fn get(&self, path: &str) -> Result<Value> {
+    pub(crate) fn get(&self, path: &str) -> Result<Value> {
         self.call(reqwest::Method::GET, path, None)
     }
 
-    fn post(&self, path: &str, body: Value) -> Result<Value> {
+    pub(crate) fn post(&self, path: &str, body: Value) -> Result<Value> {
         self.call(reqwest::Method::POST, path, Some(body))
     }
 
-    fn print(&self, v: &Value, table: impl FnOnce(&Value)) -> Result<()> {
+    pub(crate) fn print(&self, v: &Value, table: impl FnOnce(&Value)) -> Result<()> {
         match self.format {
             Format::Json => println!("{}", serde_json::to_string_pretty(v)?),
             Format::Table => table(v),
@@ -290,7 +295,7 @@ impl Client {
     }
 }
 
-fn s(v: &Value, k: &str) -> String {
+pub(crate) fn s(v: &Value, k: &str) -> String {
     match &v[k] {
         Value::String(x) => x.clone(),
         Value::Null => "-".to_string(),

@@ -17,6 +17,7 @@ mod client;
 mod disk_serve;
 mod initial_copy;
 mod journal_cmd;
+mod plan_cmd;
 mod store_cmd;
 mod vault_cmd;
 
@@ -145,6 +146,14 @@ enum Command {
         #[command(flatten)]
         args: client::OpArgs,
     },
+    /// Recovery plans: ordered groups of VMs with scripts and manual actions between them
+    /// (vault API).
+    Plan {
+        #[command(flatten)]
+        conn: client::VaultConn,
+        #[command(subcommand)]
+        cmd: plan_cmd::PlanCmd,
+    },
     /// Events, oldest first (vault API).
     Events {
         #[command(flatten)]
@@ -237,6 +246,7 @@ fn main() -> std::process::ExitCode {
             client::operate(&conn, "cleanup-test-failover", args)
         }
         Command::Job { conn, cmd } => client::job(&conn, cmd),
+        Command::Plan { conn, cmd } => plan_cmd::run(&conn, cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
