@@ -124,10 +124,7 @@ pub fn run(c: &VaultConn, cmd: PlanCmd) -> Result<()> {
             recovery_point,
             shutdown_source,
         } => {
-            let mut b = json!({});
-            if let Some(p) = recovery_point {
-                b["recovery_point"] = json!(p);
-            }
+            let mut b = point_body(recovery_point);
             if shutdown_source {
                 b["shutdown_source"] = json!(true);
             }
@@ -136,13 +133,7 @@ pub fn run(c: &VaultConn, cmd: PlanCmd) -> Result<()> {
         PlanCmd::TestFailover {
             run,
             recovery_point,
-        } => {
-            let mut b = json!({});
-            if let Some(p) = recovery_point {
-                b["recovery_point"] = json!(p);
-            }
-            operate(&cl, &run, "test-failover", b)
-        }
+        } => operate(&cl, &run, "test-failover", point_body(recovery_point)),
         PlanCmd::Cleanup { run, notes } => {
             let b = notes.map_or_else(|| json!({}), |n| json!({ "notes": n }));
             operate(&cl, &run, "cleanup-test-failover", b)
@@ -162,6 +153,11 @@ pub fn run(c: &VaultConn, cmd: PlanCmd) -> Result<()> {
             watch(&cl, &name, id)
         }
     }
+}
+
+/// A request body with the recovery-point choice, if given.
+fn point_body(recovery_point: Option<String>) -> Value {
+    recovery_point.map_or_else(|| json!({}), |p| json!({ "recovery_point": p }))
 }
 
 fn create(cl: &Client, name: &str, file: &PathBuf, replace: bool) -> Result<()> {

@@ -89,6 +89,23 @@ async fn err(api: &Api, method: &str, path: &str, body: Value, status: u16) -> S
     v["error"].as_str().unwrap_or_default().to_string()
 }
 
+/// `action` (confirm, retry, skip) on run `id` of `plan`; then the run once settled.
+async fn act(api: &Api, plan: &str, id: i64, action: &str) -> Value {
+    api.ok(
+        "POST",
+        &format!("/api/plans/{plan}/runs/{id}/{action}"),
+        Value::Null,
+    )
+    .await;
+    settled(api, plan).await
+}
+
+/// `action` on run `id` of `plan`, which must be refused with 409: the message.
+async fn refused(api: &Api, plan: &str, id: i64, action: &str) -> String {
+    let path = format!("/api/plans/{plan}/runs/{id}/{action}");
+    err(api, "POST", &path, json!({}), 409).await
+}
+
 fn step_status(run: &Value) -> Vec<(String, String)> {
     run["steps"]
         .as_array()
@@ -297,23 +314,11 @@ async fn a_plan_run_stops_at_a_failing_step_and_is_retried_skipped_and_confirmed
     assert_eq!(j["params"]["recovery_point"], "latest", "{j}");
 
     // Retry without a fix: the same failure; with the fix, on to the next: a timeout.
-    api.ok(
-        "POST",
-        &format!("/api/plans/shop/runs/{id}/retry"),
-        Value::Null,
-    )
-    .await;
-    let run = settled(&api, "shop").await;
+    let run = act(&api, "shop", id, "retry").await;
     assert_eq!(run["current_step"], 1, "{run}");
     std::fs::write(&flag, "").unwrap();
     let started = std::time::Instant::now();
-    api.ok(
-        "POST",
-        &format!("/api/plans/shop/runs/{id}/retry"),
-        Value::Null,
-    )
-    .await;
-    let run = settled(&api, "shop").await;
+    let run = act(&api, "shop", id, "retry").await;
     assert_eq!(run["status"], "failed", "{run}");
     assert!(
         run["error"]
@@ -324,24 +329,11 @@ async fn a_plan_run_stops_at_a_failing_step_and_is_retried_skipped_and_confirmed
     );
     assert!(started.elapsed() < Duration::from_secs(10));
     // Only the latest run is driven: retrying a step twice at once is refused.
-    let e = err(
-        &api,
-        "POST",
-        &format!("/api/plans/shop/runs/{id}/confirm"),
-        json!({}),
-        409,
-    )
-    .await;
+    let e = refused(&api, "shop", id, "confirm").await;
     assert!(e.contains("not waiting on a manual action"), "{e}");
 
     // Skip it: the manual action waits with its instructions.
-    api.ok(
-        "POST",
-        &format!("/api/plans/shop/runs/{id}/skip"),
-        Value::Null,
-    )
-    .await;
-    let run = settled(&api, "shop").await;
+    let run = act(&api, "shop", id, "skip").await;
     assert_eq!(run["status"], "waiting", "{run}");
     assert!(run["error"]
         .as_str()
@@ -372,25 +364,12 @@ async fn a_plan_run_stops_at_a_failing_step_and_is_retried_skipped_and_confirmed
     assert!(e.contains("waiting") && e.contains("confirm"), "{e}");
     let e = err(&api, "DELETE", "/api/plans/shop", Value::Null, 409).await;
     assert!(e.contains("cannot delete plan shop"), "{e}");
-    let e = err(
-        &api,
-        "POST",
-        &format!("/api/plans/shop/runs/{id}/retry"),
-        json!({}),
-        409,
-    )
-    .await;
+    let e = refused(&api, "shop", id, "retry").await;
     assert!(e.contains("only a failed run can be retried"), "{e}");
 
     // Confirm: group 2 fails over; VM c fails; retry skips b (already failed over).
     exec.fail.lock().unwrap().insert("c".into());
-    api.ok(
-        "POST",
-        &format!("/api/plans/shop/runs/{id}/confirm"),
-        Value::Null,
-    )
-    .await;
-    let run = settled(&api, "shop").await;
+    let run = act(&api, "shop", id, "confirm").await;
     assert_eq!(run["status"], "failed", "{run}");
     let e = run["error"].as_str().unwrap();
     assert!(
@@ -401,13 +380,7 @@ async fn a_plan_run_stops_at_a_failing_step_and_is_retried_skipped_and_confirmed
     api.wait_item_state("b", "failed-over").await;
     api.wait_item_state("c", "protected").await;
     exec.fail.lock().unwrap().clear();
-    api.ok(
-        "POST",
-        &format!("/api/plans/shop/runs/{id}/retry"),
-        Value::Null,
-    )
-    .await;
-    let run = settled(&api, "shop").await;
+    let run = act(&api, "shop", id, "retry").await;
     assert_eq!(run["status"], "succeeded", "{run}");
     let d = run["steps"][4]["detail"].as_str().unwrap();
     assert!(
@@ -423,27 +396,14 @@ async fn a_plan_run_stops_at_a_failing_step_and_is_retried_skipped_and_confirmed
     let run = api.ok("POST", "/api/plans/shop/commit", json!({})).await;
     let id2 = run["id"].as_i64().unwrap();
     assert!(id2 > id);
-    let e = err(
-        &api,
-        "POST",
-        &format!("/api/plans/shop/runs/{id}/retry"),
-        json!({}),
-        409,
-    )
-    .await;
+    let e = refused(&api, "shop", id, "retry").await;
     assert!(e.contains("a newer run exists"), "{e}");
     let run = settled(&api, "shop").await;
     assert!(run["error"]
         .as_str()
         .unwrap()
         .starts_with("group 2 pre-action \"commit only\" exited with status 9"));
-    api.ok(
-        "POST",
-        &format!("/api/plans/shop/runs/{id2}/skip"),
-        Value::Null,
-    )
-    .await;
-    let run = settled(&api, "shop").await;
+    let run = act(&api, "shop", id2, "skip").await;
     assert_eq!(run["status"], "succeeded", "{run}");
     for vm in ["a", "b", "c"] {
         api.wait_item_state(vm, "failover-committed").await;
@@ -502,26 +462,14 @@ async fn a_run_interrupted_by_a_vault_restart_fails_at_its_step_and_retry_resume
     );
     api.wait_item_state("a", "protected").await;
     let id = run["id"].as_i64().unwrap();
-    api.ok(
-        "POST",
-        &format!("/api/plans/p/runs/{id}/retry"),
-        Value::Null,
-    )
-    .await;
-    let run = settled(&api, "p").await;
+    let run = act(&api, "p", id, "retry").await;
     assert_eq!(run["status"], "waiting", "{run}");
     drop(api);
     // A waiting run stays waiting across a restart and can be confirmed after it.
     let api = serve(&db, Arc::new(AllSucceed)).await;
     let run = settled(&api, "p").await;
     assert_eq!(run["status"], "waiting", "{run}");
-    api.ok(
-        "POST",
-        &format!("/api/plans/p/runs/{id}/confirm"),
-        Value::Null,
-    )
-    .await;
-    let run = settled(&api, "p").await;
+    let run = act(&api, "p", id, "confirm").await;
     assert_eq!(run["status"], "succeeded", "{run}");
     api.wait_item_state("b", "failed-over").await;
 }
