@@ -408,8 +408,17 @@ async fn a_plan_run_stops_at_a_failing_step_and_is_retried_skipped_and_confirmed
     for vm in ["a", "b", "c"] {
         api.wait_item_state(vm, "failover-committed").await;
     }
+    // Re-protect the plan (the commit-only action stays out of it).
+    api.ok("POST", "/api/plans/shop/reprotect", json!({})).await;
+    let run = settled(&api, "shop").await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["steps"].as_array().unwrap().len(), 2, "{run}");
+    for vm in ["a", "b", "c"] {
+        let i = api.wait_item_state(vm, "protected").await;
+        assert_eq!(i["source_region"], "secondary", "{i}");
+    }
     let runs = api.ok("GET", "/api/plans/shop/runs", Value::Null).await;
-    assert_eq!(runs.as_array().unwrap().len(), 2);
+    assert_eq!(runs.as_array().unwrap().len(), 3);
     let one = api
         .ok("GET", &format!("/api/plans/shop/runs/{id}"), Value::Null)
         .await;
