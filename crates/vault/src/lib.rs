@@ -50,6 +50,7 @@ pub mod executor;
 pub mod model;
 pub mod plan;
 pub mod plan_run;
+mod plan_script;
 pub mod reprotect;
 pub mod service;
 

@@ -11,7 +11,8 @@
 //! (the definition is copied into the run, so editing the plan does not change a run) and a
 //! task drives it, one step at a time, from the first step that is `pending`:
 //!
-//! * a script step runs `sh -c` in its own process group, killed at its timeout; its exit
+//! * a script step runs `sh -c` in its own process group, killed at its timeout
+//!   (`plan_script.rs`); its exit
 //!   status, and the tails of its stdout and stderr, go into the step's detail;
 //! * a manual step sets the step and the run `waiting` with the instructions, and the task ends;
 //! * a VMs step starts the item operation on every VM of the group at once through
@@ -40,30 +41,24 @@
 //! it; a `waiting` run stays waiting.
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
 use std::time::Duration;
 
 use lifeboat_types::item::begin;
 use lifeboat_types::{ItemState, Operation};
 use rusqlite::{params, OptionalExtension, Row, Transaction};
-use tokio::io::AsyncReadExt;
 
 use crate::db::{now_ms, sql};
 use crate::error::VaultError;
 use crate::model::OperationRequest;
 use crate::plan::{
     plan_point_choice, steps_for, validate, Phase, PlanAction, PlanDefinition, PlanInfo,
-    PlanOperation, PlanRequest, PlanRun, PlanStep, ScriptAction,
+    PlanOperation, PlanRequest, PlanRun, PlanStep,
 };
+use crate::plan_script::{run_script, ScriptEnv};
 use crate::service::{event, query_rows, read_item, Vault};
 
 /// How often a VMs step looks at its jobs.
 const JOB_POLL: Duration = Duration::from_millis(100);
-/// The tail of a script's stdout and stderr kept in its step's detail.
-const OUTPUT_TAIL: usize = 2000;
-/// How long a script's output is still read after it exited (a background child may hold the
-/// pipes open).
-const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
 const RUN_COLS: &str = "id, plan, operation, params, status, current_step, steps, error, \
                         created_at, updated_at, finished_at, definition";
@@ -878,116 +873,4 @@ async fn wait_members(
             jobs,
         )
     }
-}
-
-struct ScriptEnv<'a> {
-    plan: &'a str,
-    operation: &'a str,
-    group: usize,
-    vms: String,
-}
-
-/// The last `OUTPUT_TAIL` bytes of a pipe.
-async fn tail_of<R: tokio::io::AsyncRead + Unpin>(r: Option<R>) -> String {
-    let Some(mut r) = r else {
-        return String::new();
-    };
-    let mut kept: Vec<u8> = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                kept.extend_from_slice(&buf[..n]);
-                if kept.len() > 2 * OUTPUT_TAIL {
-                    kept.drain(..kept.len() - OUTPUT_TAIL);
-                }
-            }
-        }
-    }
-    let start = kept.len().saturating_sub(OUTPUT_TAIL);
-    String::from_utf8_lossy(&kept[start..]).trim().to_string()
-}
-
-/// Runs a script action: `Ok(detail)` when it exits 0, else `Err((why, detail))`.
-async fn run_script(s: &ScriptAction, env: &ScriptEnv<'_>) -> Result<String, (String, String)> {
-    let mut cmd = tokio::process::Command::new("sh");
-    cmd.arg("-c")
-        .arg(&s.command)
-        .env("LIFEBOAT_PLAN", env.plan)
-        .env("LIFEBOAT_OPERATION", env.operation)
-        .env("LIFEBOAT_GROUP", env.group.to_string())
-        .env("LIFEBOAT_VMS", &env.vms)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|e| {
-        let why = format!("could not start `sh -c`: {e}");
-        (why.clone(), why)
-    })?;
-    let out = tokio::spawn(tail_of(child.stdout.take()));
-    let err = tokio::spawn(tail_of(child.stderr.take()));
-    let waited = tokio::time::timeout(Duration::from_secs(s.timeout_secs), child.wait()).await;
-    let status = match waited {
-        Ok(r) => Some(r),
-        Err(_) => {
-            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-                // SAFETY: kill(2) with a negative pid signals the process group the script
-                // leads (it was started with process_group(0)); no memory is involved.
-                unsafe {
-                    libc::kill(-pid, libc::SIGKILL);
-                }
-            }
-            let _ = child.wait().await;
-            None
-        }
-    };
-    let grab = |h: tokio::task::JoinHandle<String>| async move {
-        let abort = h.abort_handle();
-        match tokio::time::timeout(OUTPUT_GRACE, h).await {
-            Ok(Ok(t)) => t,
-            _ => {
-                abort.abort();
-                String::new()
-            }
-        }
-    };
-    let (stdout, stderr) = (grab(out).await, grab(err).await);
-    let mut detail = Vec::new();
-    if !stdout.is_empty() {
-        detail.push(format!("stdout: {stdout}"));
-    }
-    if !stderr.is_empty() {
-        detail.push(format!("stderr: {stderr}"));
-    }
-    let output = detail.join("\n");
-    let last = |t: &str| t.lines().last().unwrap_or("").to_string();
-    let said = if stderr.is_empty() {
-        last(&stdout)
-    } else {
-        last(&stderr)
-    };
-    let said = if said.is_empty() {
-        String::new()
-    } else {
-        format!(": {said}")
-    };
-    let why = match status {
-        None => format!("timed out after {} s and was killed{said}", s.timeout_secs),
-        Some(Err(e)) => format!("could not be waited for: {e}"),
-        Some(Ok(st)) if st.success() => {
-            return Ok(if output.is_empty() {
-                "exited with status 0".to_string()
-            } else {
-                format!("exited with status 0\n{output}")
-            })
-        }
-        Some(Ok(st)) => match st.code() {
-            Some(c) => format!("exited with status {c}{said}"),
-            None => format!("was killed by a signal ({st}){said}"),
-        },
-    };
-    Err((why.clone(), format!("{why}\n{output}").trim().to_string()))
 }
