@@ -103,6 +103,9 @@ struct Shared {
     fenced: Mutex<Option<String>>,
     /// The multi-VM cut holding the journal's writes, if one does.
     held_cut: Mutex<Option<String>>,
+    /// Replication was turned on: cut a point as soon as the initial copy is done, so the
+    /// first recovery point does not wait for the interval.
+    first_point: std::sync::atomic::AtomicBool,
     /// The lowest applied position of the disks (shipping keeps the records after it).
     applied: AtomicU64,
 }
@@ -227,6 +230,7 @@ impl Replication {
             }
         }
         *lock(&self.sh.shipper) = Some(Arc::new(shipper));
+        self.sh.first_point.store(true, Ordering::Release);
         tracing::info!(vm = %self.vm, store = %p.store_url, ?start, "replication on");
         Ok(())
     }
@@ -485,7 +489,10 @@ async fn ticker(me: Arc<Replication>, mut stop: watch::Receiver<bool>) {
             .map(|p| p.0.point_secs)
             .filter(|s| *s > 0)
             .map(Duration::from_secs);
-        let point_due = point_every.is_some_and(|e| last_point.elapsed() >= e);
+        let first = point_every.is_some()
+            && lock(&me.sh.copy).done
+            && me.sh.first_point.swap(false, Ordering::AcqRel);
+        let point_due = first || point_every.is_some_and(|e| last_point.elapsed() >= e);
         if point_due {
             last_point = Instant::now();
         }

@@ -174,7 +174,12 @@ impl Client {
         })
     }
 
-    pub(crate) fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+    pub(crate) fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
         let url = format!("{}{path}", self.base);
         self.rt.block_on(async {
             let mut r = self

@@ -18,6 +18,7 @@ mod disk_serve;
 mod group_cmd;
 mod initial_copy;
 mod journal_cmd;
+mod plan_cmd;
 mod store_cmd;
 mod vault_cmd;
 
@@ -153,6 +154,14 @@ enum Command {
         #[command(subcommand)]
         cmd: group_cmd::GroupCmd,
     },
+    /// Recovery plans: ordered groups of VMs with scripts and manual actions between them
+    /// (vault API).
+    Plan {
+        #[command(flatten)]
+        conn: client::VaultConn,
+        #[command(subcommand)]
+        cmd: plan_cmd::PlanCmd,
+    },
     /// Events, oldest first (vault API).
     Events {
         #[command(flatten)]
@@ -246,6 +255,7 @@ fn main() -> std::process::ExitCode {
         }
         Command::Job { conn, cmd } => client::job(&conn, cmd),
         Command::Group { conn, cmd } => group_cmd::run(&conn, cmd),
+        Command::Plan { conn, cmd } => plan_cmd::run(&conn, cmd),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -23,6 +23,7 @@ use crate::model::{
     ProtectRequest, Region, RegisterHost, Step, Vm,
 };
 use crate::groups::{CreateGroup, CutMember, Group, GroupCut, GroupPoint};
+use crate::plan::{PlanDefinition, PlanInfo, PlanOperation, PlanRequest, PlanRun};
 use crate::service::Vault;
 
 #[derive(Clone)]
@@ -86,6 +87,18 @@ pub fn router(vault: Vault, token: String) -> Router {
         .route("/api/jobs", get(list_jobs))
         .route("/api/jobs/{id}", get(get_job))
         .route("/api/events", get(list_events))
+        .route("/api/plans", get(list_plans).post(create_plan))
+        .route(
+            "/api/plans/{name}",
+            get(get_plan).put(replace_plan).delete(delete_plan),
+        )
+        .route("/api/plans/{name}/runs", get(list_plan_runs))
+        .route("/api/plans/{name}/runs/{id}", get(get_plan_run))
+        .route(
+            "/api/plans/{name}/runs/{id}/{action}",
+            post(plan_run_action),
+        )
+        .route("/api/plans/{name}/{operation}", post(plan_operate))
         .layer(middleware::from_fn_with_state(st.clone(), auth))
         .with_state(st);
     Router::new()
@@ -113,13 +126,17 @@ async fn not_found() -> Response {
         put_policy, list_vms, create_vm, vm_power, list_items, protect, get_item, item_points, item_health, reprotect_plan, operate,
         list_jobs, get_job,
         list_events, list_groups, create_group, get_group, delete_group, group_points, cut_group,
-        group_operation
+        group_operation, list_plans, create_plan, get_plan, replace_plan, delete_plan,
+        list_plan_runs, get_plan_run, plan_run_action, plan_operate
     ),
     components(schemas(
         Region, RegisterHost, Host, Policy, CreateVm, Vm, ProtectRequest, OperationRequest,
         Item, crate::model::Drill, Step, Job, Event, ErrorBody, PointInfo, HealthInfo, HostReport, SourceStatus,
         ReplicaStatus, RecoveredStatus, CopyState, crate::reprotect::ReprotectPlan,
-        CreateGroup, Group, GroupCut, CutMember, GroupPoint, CutKind
+        CreateGroup, Group, GroupCut, CutMember, GroupPoint, CutKind,
+        PlanDefinition, crate::plan::PlanGroup, crate::plan::PlanAction,
+        crate::plan::ScriptAction, crate::plan::ManualAction, crate::plan::PlanStep,
+        crate::plan::Phase, PlanRequest, PlanRun, PlanInfo
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -463,4 +480,117 @@ async fn group_operation(
         ));
     }
     Ok(Json(st.vault.group_operation(&name, op, &req).await?))
+}
+
+#[utoipa::path(get, path = "/api/plans", responses((status = 200, body = [PlanInfo])))]
+async fn list_plans(State(st): State<AppState>) -> ApiResult<Vec<PlanInfo>> {
+    Ok(Json(st.vault.plans()?))
+}
+
+#[utoipa::path(post, path = "/api/plans", request_body = PlanDefinition,
+    responses((status = 200, body = PlanInfo), (status = 400, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+async fn create_plan(State(st): State<AppState>, b: Bytes) -> ApiResult<PlanInfo> {
+    Ok(Json(st.vault.create_plan(&body("recovery plan", &b)?)?))
+}
+
+#[utoipa::path(get, path = "/api/plans/{name}",
+    params(("name" = String, Path, description = "Plan name")),
+    responses((status = 200, body = PlanInfo), (status = 404, body = ErrorBody)))]
+async fn get_plan(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<PlanInfo> {
+    Ok(Json(st.vault.plan(&name)?))
+}
+
+#[utoipa::path(put, path = "/api/plans/{name}", request_body = PlanDefinition,
+    params(("name" = String, Path, description = "Plan name")),
+    responses((status = 200, body = PlanInfo), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn replace_plan(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    b: Bytes,
+) -> ApiResult<PlanInfo> {
+    Ok(Json(
+        st.vault.replace_plan(&name, &body("recovery plan", &b)?)?,
+    ))
+}
+
+#[utoipa::path(delete, path = "/api/plans/{name}",
+    params(("name" = String, Path, description = "Plan name")),
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+async fn delete_plan(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<serde_json::Value> {
+    st.vault.delete_plan(&name)?;
+    Ok(Json(serde_json::json!({})))
+}
+
+#[utoipa::path(get, path = "/api/plans/{name}/runs", params(Limit,
+    ("name" = String, Path, description = "Plan name")),
+    responses((status = 200, body = [PlanRun]), (status = 404, body = ErrorBody)))]
+async fn list_plan_runs(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<Limit>,
+) -> ApiResult<Vec<PlanRun>> {
+    Ok(Json(
+        st.vault
+            .plan_runs(&name, q.limit.unwrap_or(50).clamp(1, 1000))?,
+    ))
+}
+
+#[utoipa::path(get, path = "/api/plans/{name}/runs/{id}",
+    params(("name" = String, Path, description = "Plan name"),
+           ("id" = i64, Path, description = "Run id")),
+    responses((status = 200, body = PlanRun), (status = 404, body = ErrorBody)))]
+async fn get_plan_run(
+    State(st): State<AppState>,
+    Path((name, id)): Path<(String, i64)>,
+) -> ApiResult<PlanRun> {
+    Ok(Json(st.vault.plan_run(&name, id)?))
+}
+
+#[utoipa::path(post, path = "/api/plans/{name}/runs/{id}/{action}",
+    params(("name" = String, Path, description = "Plan name"),
+           ("id" = i64, Path, description = "Run id (the plan's latest)"),
+           ("action" = String, Path, description = "confirm (a waiting manual action), retry \
+            (the failed step), skip (the failed or waiting step)")),
+    responses((status = 200, body = PlanRun), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn plan_run_action(
+    State(st): State<AppState>,
+    Path((name, id, action)): Path<(String, i64, String)>,
+) -> ApiResult<PlanRun> {
+    Ok(Json(match action.as_str() {
+        "confirm" => st.vault.confirm_plan_run(&name, id)?,
+        "retry" => st.vault.retry_plan_run(&name, id)?,
+        "skip" => st.vault.skip_plan_run_step(&name, id)?,
+        _ => {
+            return Err(VaultError::BadRequest(format!(
+                "unknown plan run action {action:?}: use confirm, retry or skip"
+            )))
+        }
+    }))
+}
+
+#[utoipa::path(post, path = "/api/plans/{name}/{operation}", request_body = PlanRequest,
+    params(("name" = String, Path, description = "Plan name"),
+           ("operation" = String, Path, description = "failover, test-failover, \
+            cleanup-test-failover (or cleanup), commit, reprotect")),
+    responses((status = 200, body = PlanRun), (status = 400, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn plan_operate(
+    State(st): State<AppState>,
+    Path((name, operation)): Path<(String, String)>,
+    b: Bytes,
+) -> ApiResult<PlanRun> {
+    let op: PlanOperation = operation.parse().map_err(VaultError::BadRequest)?;
+    let req: PlanRequest = if b.iter().all(u8::is_ascii_whitespace) {
+        PlanRequest::default()
+    } else {
+        body("plan operation request", &b)?
+    };
+    Ok(Json(st.vault.start_plan(&name, op, &req)?))
 }

@@ -93,7 +93,35 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL
      );
      CREATE INDEX group_cuts_by_group ON group_cuts(grp, time_ns);",
+    // 6: recovery plans (crate::plan, crate::plan_run).
+    PLANS_MIGRATION,
 ];
+
+/// Recovery plans: each plan's definition (JSON, `crate::plan::PlanDefinition`), and its runs
+/// (one per plan operation: the definition as it was when the run began, the steps with their
+/// statuses, the step it is at, the error it stopped on). Self-contained so that migrations
+/// added beside it merge by reordering.
+const PLANS_MIGRATION: &str = "CREATE TABLE plans (
+        name TEXT PRIMARY KEY,
+        definition TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+     );
+     CREATE TABLE plan_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        plan TEXT NOT NULL REFERENCES plans(name) ON DELETE CASCADE,
+        operation TEXT NOT NULL,
+        params TEXT NOT NULL,
+        definition TEXT NOT NULL,
+        status TEXT NOT NULL,
+        current_step INTEGER NOT NULL DEFAULT 0,
+        steps TEXT NOT NULL,
+        error TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        finished_at INTEGER
+     );
+     CREATE INDEX plan_runs_by_plan ON plan_runs (plan, id);";
 
 /// Milliseconds since 1970.
 pub fn now_ms() -> i64 {

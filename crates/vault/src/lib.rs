@@ -26,6 +26,14 @@
 //! state it started from). On start, jobs that a previous run left `running` are ended as
 //! failed with a message saying to retry, so an item is never left stuck in progress.
 //!
+//! ## Recovery plans
+//!
+//! [`plan`] (pure: definition, validation, the steps of a plan operation) and [`plan_run`]
+//! (plans in the database; runs that go group by group through pre actions, the group's VMs
+//! in parallel as ordinary item jobs, post actions; a failing step stops the run for retry or
+//! skip, a manual action pauses it until confirmed; a run left running by a vault restart
+//! fails at its step on start).
+//!
 //! ## Errors
 //!
 //! [`error::VaultError`]: each message names the object; the API body carries the message and
@@ -41,6 +49,9 @@ pub mod error;
 pub mod executor;
 pub mod groups;
 pub mod model;
+pub mod plan;
+pub mod plan_run;
+mod plan_script;
 pub mod reprotect;
 pub mod service;
 

@@ -333,6 +333,7 @@ impl Vault {
         };
         v.ensure_default_policy()?;
         v.recover_interrupted_jobs()?;
+        v.recover_plan_runs()?;
         Ok(v)
     }
 

@@ -3,115 +3,15 @@
 //! is allowed), malformed bodies (400 with the reason), and jobs left running by a vault that
 //! stopped (ended as failed on restart, the item back where it was).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lifeboat_types::Outcome;
-use lifeboat_vault::{api, Db, Executor, NoAgents, Vault};
+use lifeboat_vault::NoAgents;
 use serde_json::{json, Value};
 
-const TOKEN: &str = "s3cret-token";
+mod common;
 
-/// Succeeds every job at once (stands in for the agents while they do not exist; beside it,
-/// `NoAgents` is tested as the vault's real executor).
-struct AllSucceed;
-impl Executor for AllSucceed {
-    fn run(&self, vault: Vault, job: i64) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(async move {
-            let n = vault.job(job).map(|j| j.steps.len()).unwrap_or(0);
-            for i in 0..n {
-                vault.set_step(job, i, "succeeded", None).unwrap();
-            }
-            vault.finish_job(job, Outcome::Succeeded, None).unwrap();
-        })
-    }
-}
-
-/// Never finishes (a job in flight when the vault is killed).
-struct Hangs;
-impl Executor for Hangs {
-    fn run(&self, _vault: Vault, _job: i64) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(std::future::pending())
-    }
-}
-
-struct Api {
-    base: String,
-    http: reqwest::Client,
-    _server: tokio::task::JoinHandle<()>,
-}
-
-async fn serve(db: &std::path::Path, executor: Arc<dyn Executor>) -> Api {
-    let vault = Vault::new(Db::open(db).unwrap(), executor).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = api::router(vault, TOKEN.to_string());
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
-    Api {
-        base: format!("http://{addr}"),
-        http: reqwest::Client::new(),
-        _server: server,
-    }
-}
-
-impl Api {
-    async fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut r = self
-            .http
-            .request(m, format!("{}{path}", self.base))
-            .bearer_auth(TOKEN);
-        if let Some(b) = body {
-            r = r
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        let resp = r.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-    async fn ok(&self, method: &str, path: &str, body: Value) -> Value {
-        let b = body.to_string();
-        let (s, v) = self
-            .call(method, path, (!body.is_null()).then_some(b.as_str()))
-            .await;
-        assert_eq!(s, 200, "{method} {path}: {v}");
-        v
-    }
-    async fn wait_item_state(&self, vm: &str, state: &str) -> Value {
-        for _ in 0..500 {
-            let v = self
-                .ok("GET", &format!("/api/items/{vm}"), Value::Null)
-                .await;
-            if v["state"] == state {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("item {vm} never reached {state}");
-    }
-}
-
-async fn setup(api: &Api) {
-    for (n, u) in [("primary", "/tmp/p"), ("secondary", "/tmp/s")] {
-        api.ok("POST", "/api/regions", json!({"name": n, "store_url": u}))
-            .await;
-    }
-    api.ok(
-        "POST",
-        "/api/vms",
-        json!({"name": "web-1", "region": "primary", "definition": {"vcpus": 1, "memory_mib": 128}}),
-    )
-    .await;
-}
+use common::{serve, setup, AllSucceed, Hangs};
 
 #[tokio::test]
 async fn the_api_needs_the_token_and_documents_itself() {
