@@ -243,6 +243,10 @@ impl JournaledDisk {
 }
 
 impl BlockDevice for JournaledDisk {
+    fn write_may_wait(&self) -> bool {
+        self.journal.writes_may_wait()
+    }
+
     fn size(&self) -> u64 {
         self.image.size()
     }

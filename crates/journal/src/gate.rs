@@ -12,6 +12,7 @@
 //! marker is appended only while the hold is still valid (checked under the gate's lock, so no
 //! write can slip past an expired hold before the marker); an expired hold fails the cut.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -20,6 +21,9 @@ pub(crate) struct Gate {
     /// Held until this instant.
     held: Mutex<Option<Instant>>,
     cv: Condvar,
+    /// Mirrors `held.is_some()` (may stay true past an expiry nobody observed yet), for a cheap
+    /// [`Gate::may_wait`].
+    flag: AtomicBool,
 }
 
 impl Gate {
@@ -27,8 +31,14 @@ impl Gate {
         let mut g = self.held.lock().unwrap_or_else(|p| p.into_inner());
         if g.is_some_and(|until| Instant::now() >= until) {
             *g = None;
+            self.flag.store(false, Ordering::Release);
         }
         g
+    }
+
+    /// Whether a write may wait in [`Gate::pass`] now (cheap: no lock).
+    pub(crate) fn may_wait(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
     }
 
     /// Waits while the gate is held (at most until the hold's deadline).
@@ -38,6 +48,7 @@ impl Gate {
             let now = Instant::now();
             if now >= until {
                 *g = None;
+                self.flag.store(false, Ordering::Release);
                 break;
             }
             g = self
@@ -55,6 +66,7 @@ impl Gate {
             return false;
         }
         *g = Some(until);
+        self.flag.store(true, Ordering::Release);
         true
     }
 
@@ -65,6 +77,7 @@ impl Gate {
         g.as_ref()?;
         let out = f();
         *g = None;
+        self.flag.store(false, Ordering::Release);
         self.cv.notify_all();
         Some(out)
     }
@@ -72,6 +85,7 @@ impl Gate {
     /// Releases the gate (nothing if it is not held).
     pub(crate) fn release(&self) {
         *self.state() = None;
+        self.flag.store(false, Ordering::Release);
         self.cv.notify_all();
     }
 }
@@ -86,14 +100,20 @@ mod tests {
     fn a_held_gate_blocks_until_released_and_a_marker_runs_only_while_held() {
         let g = Arc::new(Gate::default());
         assert!(g.hold(Instant::now() + Duration::from_secs(30)));
-        assert!(!g.hold(Instant::now() + Duration::from_secs(30)), "held twice");
+        assert!(
+            !g.hold(Instant::now() + Duration::from_secs(30)),
+            "held twice"
+        );
         let (tx, rx) = std::sync::mpsc::channel();
         let g2 = g.clone();
         let t = std::thread::spawn(move || {
             g2.pass();
             tx.send(()).ok();
         });
-        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err(), "passed a held gate");
+        assert!(
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "passed a held gate"
+        );
         assert_eq!(g.release_with(|| 7), Some(7));
         rx.recv_timeout(Duration::from_secs(10)).expect("released");
         t.join().expect("thread");
@@ -108,7 +128,10 @@ mod tests {
         g.pass();
         assert!(t0.elapsed() >= Duration::from_millis(30));
         assert_eq!(g.release_with(|| ()), None);
-        assert!(g.hold(Instant::now() + Duration::from_secs(1)), "hold again");
+        assert!(
+            g.hold(Instant::now() + Duration::from_secs(1)),
+            "hold again"
+        );
         g.release();
         g.pass();
     }

@@ -338,6 +338,12 @@ impl Journal {
             .unwrap_or_else(|| Err(JournalError::HoldExpired(self.dir.clone())))
     }
 
+    /// Whether writes may be held now (an append of a write may then wait): callers on async
+    /// threads run their appends elsewhere while it says so.
+    pub fn writes_may_wait(&self) -> bool {
+        self.gate.may_wait()
+    }
+
     /// Releases held writes (an abandoned cut); nothing if none are held.
     pub fn release_writes(&self) {
         self.gate.release();

@@ -468,3 +468,42 @@ fn record_times_are_append_times_and_non_decreasing() {
     let from_reader: Vec<_> = recs.iter().map(|r| (r.seq, r.time)).collect();
     assert_eq!(from_segments, from_reader);
 }
+
+/// A cut's hold: writes wait while held; the marker goes in before them, then they go on; an
+/// expired hold refuses the marker.
+#[test]
+fn held_writes_wait_for_the_cut_marker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let j = Arc::new(Journal::open(tmp.path(), config(1 << 30)).unwrap());
+    j.append_write(DiskId(0), 0, &[1u8; 512]).unwrap();
+    j.hold_writes(std::time::Instant::now() + Duration::from_secs(5))
+        .unwrap();
+    assert!(j
+        .hold_writes(std::time::Instant::now() + Duration::from_secs(5))
+        .is_err());
+    let w = {
+        let j = j.clone();
+        std::thread::spawn(move || j.append_write(DiskId(0), 0, &[2u8; 512]).unwrap())
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(j.last_seq(), Seq(1), "a held write went in");
+    let marker = j
+        .checkpoint_and_release(CheckpointKind::CrashConsistent, SystemTime::now())
+        .unwrap();
+    assert_eq!(marker, Seq(2));
+    assert_eq!(
+        w.join().unwrap(),
+        Seq(3),
+        "the write goes in after the marker"
+    );
+
+    j.hold_writes(std::time::Instant::now() + Duration::from_millis(30))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(60));
+    let e = j
+        .checkpoint_and_release(CheckpointKind::CrashConsistent, SystemTime::now())
+        .unwrap_err();
+    assert!(e.to_string().contains("expired"), "{e}");
+    j.release_writes();
+    j.append_write(DiskId(0), 0, &[3u8; 512]).unwrap();
+}

@@ -83,7 +83,11 @@ pub fn run(c: &VaultConn, cmd: GroupCmd) -> Result<()> {
         GroupCmd::Create { name, vms } => {
             let g = cl.post("/api/groups", json!({"name": name, "vms": vms}))?;
             cl.print(&g, |g| {
-                println!("replication group {} created: {}", s(g, "name"), vms.join(", "));
+                println!(
+                    "replication group {} created: {}",
+                    s(g, "name"),
+                    vms.join(", ")
+                );
                 for w in g["warnings"].as_array().into_iter().flatten() {
                     println!("warning: {}", w.as_str().unwrap_or(""));
                 }
@@ -153,9 +157,7 @@ pub fn run(c: &VaultConn, cmd: GroupCmd) -> Result<()> {
                 &format!("/api/groups/{name}"),
                 None,
             )?;
-            cl.print(&json!({}), |_| {
-                println!("replication group {name} deleted")
-            })
+            cl.print(&json!({}), |_| println!("replication group {name} deleted"))
         }
         GroupCmd::Failover(a) => operate(&cl, "failover", a),
         GroupCmd::TestFailover(a) => operate(&cl, "test-failover", a),

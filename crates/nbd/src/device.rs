@@ -48,6 +48,12 @@ pub trait BlockDevice: Send + Sync + 'static {
     /// Discards `len` bytes at `offset` (advisory; Lifeboat devices read them back as zeroes).
     fn trim(&self, offset: u64, len: u64, fua: bool) -> io::Result<()>;
     /// Makes every write acknowledged so far durable.
+    /// Whether a write may have to wait now (e.g. the device's journal holds writes for a
+    /// multi-VM consistency cut): the server then runs it off the connection task, as it does
+    /// FUA writes, so that a waiting write never blocks an async worker. Default: never.
+    fn write_may_wait(&self) -> bool {
+        false
+    }
     fn flush(&self) -> io::Result<()>;
     /// Allocation status of `[offset, offset + len)`: at least one extent, extents in order,
     /// starting at `offset`; may cover less than `len` (the client asks again).

@@ -248,14 +248,14 @@ where
                 .await;
         }
         let len = req.length as usize;
-        if req.flags & NBD_CMD_FLAG_FUA != 0 {
-            // Durable before the reply: fdatasync-like, so off the connection task.
+        let fua = req.flags & NBD_CMD_FLAG_FUA != 0;
+        if fua || self.device.write_may_wait() {
+            // Durable before the reply (fdatasync-like), or held by the device: off the
+            // connection task.
             let data = self.data[..len].to_vec();
             let offset = req.offset;
             return self
-                .offload(req.handle, "write", move |d| {
-                    d.write_at(offset, &data, true)
-                })
+                .offload(req.handle, "write", move |d| d.write_at(offset, &data, fua))
                 .await;
         }
         let device = &self.device;

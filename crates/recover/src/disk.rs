@@ -752,6 +752,10 @@ fn check_source(h: &Header, s: &PointSource) -> Result<(), String> {
 }
 
 impl BlockDevice for RecoveryDisk {
+    fn write_may_wait(&self) -> bool {
+        self.journal.writes_may_wait()
+    }
+
     fn size(&self) -> u64 {
         self.header.disk_size
     }

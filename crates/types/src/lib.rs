@@ -266,7 +266,10 @@ mod tests {
             CheckpointKind::from_code(2),
             Ok(CheckpointKind::AppConsistent)
         );
-        for k in [CheckpointKind::CrashConsistent, CheckpointKind::AppConsistent] {
+        for k in [
+            CheckpointKind::CrashConsistent,
+            CheckpointKind::AppConsistent,
+        ] {
             assert_eq!(k.to_string().parse::<CheckpointKind>(), Ok(k));
         }
         assert!("app".parse::<CheckpointKind>().is_err());

@@ -18,11 +18,11 @@ use utoipa::OpenApi;
 
 use crate::agent_wire::{CopyState, HostReport, RecoveredStatus, ReplicaStatus, SourceStatus};
 use crate::error::{ErrorBody, VaultError};
+use crate::groups::{CreateGroup, CutMember, Group, GroupCut, GroupPoint};
 use crate::model::{
     CreateVm, Event, HealthInfo, Host, Item, Job, OperationRequest, PointInfo, Policy,
     ProtectRequest, Region, RegisterHost, Step, Vm,
 };
-use crate::groups::{CreateGroup, CutMember, Group, GroupCut, GroupPoint};
 use crate::plan::{PlanDefinition, PlanInfo, PlanOperation, PlanRequest, PlanRun};
 use crate::service::Vault;
 

@@ -107,9 +107,9 @@ impl VaultError {
         match self {
             VaultError::BadRequest(_) => StatusCode::BAD_REQUEST,
             VaultError::NotFound { .. } => StatusCode::NOT_FOUND,
-            VaultError::Exists { .. }
-            | VaultError::WrongState { .. }
-            | VaultError::Conflict(_) => StatusCode::CONFLICT,
+            VaultError::Exists { .. } | VaultError::WrongState { .. } | VaultError::Conflict(_) => {
+                StatusCode::CONFLICT
+            }
             VaultError::Unauthorized => StatusCode::UNAUTHORIZED,
             VaultError::Store { .. } | VaultError::Agent { .. } => StatusCode::BAD_GATEWAY,
             VaultError::NoAgent(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -28,8 +28,8 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 
 use crate::agent_wire::{
-    RecoverSpec, RecoveredStatus, ReplicaSpec, ReplicaStatus, ShutdownAnswer,
-    ShutdownRequest, SourceSpec, SourceStatus,
+    RecoverSpec, RecoveredStatus, ReplicaSpec, ReplicaStatus, ShutdownAnswer, ShutdownRequest,
+    SourceSpec, SourceStatus,
 };
 use crate::error::{chain, ErrorBody, VaultError};
 use crate::model::{Host, Item, OperationRequest};

@@ -45,9 +45,9 @@ use utoipa::ToSchema;
 
 use crate::agent_wire::{CutAnswer, CutRequest, Protection, SourceSpec, SourceStatus};
 use crate::db::now_ms;
+use crate::db::sql;
 use crate::error::VaultError;
 use crate::model::{Host, Job, OperationRequest};
-use crate::db::sql;
 use crate::service::{event, query_rows, read_item, Vault};
 
 /// The most VMs a group may have.
@@ -207,11 +207,9 @@ impl Vault {
                     )));
                 }
                 let region: String = tx
-                    .query_row(
-                        "SELECT region FROM vms WHERE name = ?1",
-                        params![vm],
-                        |r| r.get(0),
-                    )
+                    .query_row("SELECT region FROM vms WHERE name = ?1", params![vm], |r| {
+                        r.get(0)
+                    })
                     .map_err(sql("reading a VM"))?;
                 if item.source_region != region {
                     return Err(VaultError::Conflict(format!(
@@ -221,13 +219,15 @@ impl Vault {
                     )));
                 }
                 if let Some(f) = &first {
-                    if (f.source_region.as_str(), f.target_region.as_str(), f.policy.as_str())
-                        != (
-                            item.source_region.as_str(),
-                            item.target_region.as_str(),
-                            item.policy.as_str(),
-                        )
-                    {
+                    if (
+                        f.source_region.as_str(),
+                        f.target_region.as_str(),
+                        f.policy.as_str(),
+                    ) != (
+                        item.source_region.as_str(),
+                        item.target_region.as_str(),
+                        item.policy.as_str(),
+                    ) {
                         return Err(VaultError::Conflict(format!(
                             "VM {vm} replicates {} → {} with policy {}, VM {} {} → {} with \
                              policy {}: a group's VMs share their regions and policy",
@@ -306,9 +306,11 @@ impl Vault {
     /// could not be told.
     async fn push_protection(&self, vms: &[String]) -> Vec<String> {
         let Some(client) = self.agent_client() else {
-            return vec!["no agent client: the agents learn the group when they are next told \
+            return vec![
+                "no agent client: the agents learn the group when they are next told \
                          their protection"
-                .to_string()];
+                    .to_string(),
+            ];
         };
         let mut warnings = Vec::new();
         for vm in vms {
@@ -471,7 +473,11 @@ impl Vault {
 
     /// Cuts one shared point across the group now (see the module doc); answers the recorded
     /// cut. An app-consistent cut whose freeze fails is made crash-consistent.
-    pub async fn cut_group(&self, name: &str, kind: CheckpointKind) -> Result<GroupCut, VaultError> {
+    pub async fn cut_group(
+        &self,
+        name: &str,
+        kind: CheckpointKind,
+    ) -> Result<GroupCut, VaultError> {
         let client = self.agent_client().ok_or_else(|| {
             VaultError::NoAgent("no agent can cut the group's points: start the agents".into())
         })?;
@@ -524,7 +530,9 @@ impl Vault {
                     let client = client.clone();
                     async move {
                         let path = format!("/agent/v1/cuts/{verb}");
-                        client.call::<CutAnswer>(&h, Method::POST, &path, Some(&b)).await
+                        client
+                            .call::<CutAnswer>(&h, Method::POST, &path, Some(&b))
+                            .await
                     }
                 });
                 futures::future::join_all(calls).await
@@ -626,13 +634,19 @@ impl Vault {
             }
         }
         let (time_ns, members) = result?;
-        let members_json = serde_json::to_string(&members)
-            .map_err(|e| VaultError::BadRequest(e.to_string()))?;
+        let members_json =
+            serde_json::to_string(&members).map_err(|e| VaultError::BadRequest(e.to_string()))?;
         let id = self.db.tx("recording a cut", |tx| {
             tx.execute(
                 "INSERT INTO group_cuts (grp, time_ns, kind, members, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![name, time_ns as i64, kind.to_string(), members_json, now_ms()],
+                params![
+                    name,
+                    time_ns as i64,
+                    kind.to_string(),
+                    members_json,
+                    now_ms()
+                ],
             )
             .map_err(sql("recording a cut"))?;
             Ok(tx.last_insert_rowid())
@@ -642,9 +656,9 @@ impl Vault {
 
     fn group_event(&self, level: &str, group: &str, message: &str) {
         tracing::warn!(group, "{message}");
-        let _ = self
-            .db
-            .tx("recording an event", |tx| event(tx, level, None, None, message));
+        let _ = self.db.tx("recording an event", |tx| {
+            event(tx, level, None, None, message)
+        });
     }
 
     /// Starts `op` on every VM of the group in one transaction (all or none). Failover and
@@ -697,7 +711,10 @@ pub fn choose_group_point<'a>(
         "latest-multi-vm-app-consistent" => complete
             .into_iter()
             .find(|p| p.cut.kind == CheckpointKind::AppConsistent.to_string()),
-        other => match other.strip_prefix("cut-").and_then(|n| n.parse::<i64>().ok()) {
+        other => match other
+            .strip_prefix("cut-")
+            .and_then(|n| n.parse::<i64>().ok())
+        {
             Some(id) => {
                 let p = points.iter().find(|p| p.cut.id == id).ok_or_else(|| {
                     VaultError::BadRequest(format!(

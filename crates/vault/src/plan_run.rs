@@ -867,8 +867,7 @@ async fn run_step(
             let choice = plan_point_choice(run.params.recovery_point.as_deref())
                 .map_err(VaultError::BadRequest)?;
             let req = member_request(op, &run.params, choice);
-            let members =
-                start_member_jobs(vault, &group.vms, op.item_operation(), &req).await;
+            let members = start_member_jobs(vault, &group.vms, op.item_operation(), &req).await;
             Ok(wait_members(vault, step.group, op, members).await)
         }
         (_, Some(PlanAction::Manual(m))) => Ok(StepEnd::Waiting(if m.instructions.is_empty() {

@@ -28,8 +28,8 @@ use reqwest::Method;
 use serde::Serialize;
 
 use crate::agent_wire::{
-    DigestAnswer, DigestRequest, LocalDisks, RecoveredStatus, ReleaseRequest,
-    ReplicaSpec, ReplicaStatus, ResyncRequest, ReverseAnswer, ReverseRequest, SeedRequest,
+    DigestAnswer, DigestRequest, LocalDisks, RecoveredStatus, ReleaseRequest, ReplicaSpec,
+    ReplicaStatus, ResyncRequest, ReverseAnswer, ReverseRequest, SeedRequest,
 };
 use crate::error::VaultError;
 use crate::executor::{poll, text, AgentClient, Flow, Run};

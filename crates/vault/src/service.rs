@@ -758,7 +758,8 @@ impl Vault {
             ));
         }
         let mut jobs = self.start_many(op, &[(vm.to_string(), req.clone())])?;
-        jobs.pop().ok_or_else(|| VaultError::BadRequest("no job started".to_string()))
+        jobs.pop()
+            .ok_or_else(|| VaultError::BadRequest("no job started".to_string()))
     }
 
     /// Starts `op` on several items in one transaction: all start or none does (a replication
