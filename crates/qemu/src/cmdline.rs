@@ -150,6 +150,14 @@ pub fn qemu_args(def: &VmDefinition, accel: AccelKind, qmp_socket: &Path) -> Vec
         push("-device", dev);
     }
 
+    if let Some(k) = &def.kernel {
+        push("-kernel", k.kernel.to_string_lossy().into_owned());
+        if let Some(initrd) = &k.initrd {
+            push("-initrd", initrd.to_string_lossy().into_owned());
+        }
+        push("-append", k.append.clone());
+    }
+
     if let Some(qga) = &def.guest_agent_socket {
         push(
             "-chardev",
@@ -203,6 +211,7 @@ mod tests {
             nics: vec![],
             serial_log: "/logs/vm-1.serial".into(),
             guest_agent_socket: None,
+            kernel: None,
         }
     }
 
@@ -282,5 +291,35 @@ mod tests {
             .contains(&"virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0"));
         assert!(values(&args, "-chardev")
             .contains(&"socket,id=qga0,path=/run/vm-1/qga.sock,server=on,wait=off"));
+    }
+
+    #[test]
+    fn kernel_boot() {
+        let args = qemu_args(&def(), AccelKind::Kvm, Path::new("/q.sock"));
+        for k in ["-kernel", "-initrd", "-append"] {
+            assert!(
+                values(&args, k).is_empty(),
+                "{k} without a kernel: {args:?}"
+            );
+        }
+        let mut d = def();
+        d.kernel = Some(crate::definition::KernelBoot {
+            kernel: "/boot/a,b/vmlinuz".into(),
+            initrd: None,
+            append: "console=ttyS0 x=a,b".into(),
+        });
+        let args = qemu_args(&d, AccelKind::Kvm, Path::new("/q.sock"));
+        // -kernel/-initrd/-append take a plain string, not an option list: no comma doubling
+        assert_eq!(values(&args, "-kernel"), ["/boot/a,b/vmlinuz"]);
+        assert!(values(&args, "-initrd").is_empty());
+        assert_eq!(values(&args, "-append"), ["console=ttyS0 x=a,b"]);
+        d.kernel = Some(crate::definition::KernelBoot {
+            kernel: "/vmlinuz".into(),
+            initrd: Some("/initrd.img".into()),
+            append: String::new(),
+        });
+        let args = qemu_args(&d, AccelKind::Kvm, Path::new("/q.sock"));
+        assert_eq!(values(&args, "-initrd"), ["/initrd.img"]);
+        assert_eq!(values(&args, "-append"), [""]);
     }
 }
