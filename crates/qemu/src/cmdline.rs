@@ -93,7 +93,10 @@ pub fn qemu_args(def: &VmDefinition, accel: AccelKind, qmp_socket: &Path) -> Vec
     push("-device", format!("isa-serial,chardev={SERIAL_CHARDEV}"));
 
     let mut ide_slot = 0usize;
+    // A direct kernel boot's option ROM takes boot index 0: the disks follow it.
+    let first_boot_index = usize::from(def.kernel.is_some());
     for (i, disk) in def.disks.iter().enumerate() {
+        let boot = first_boot_index + i;
         let node = disk_node(i);
         let blockdev = match &disk.source {
             DiskSource::Nbd { socket, export } => {
@@ -122,9 +125,9 @@ pub fn qemu_args(def: &VmDefinition, accel: AccelKind, qmp_socket: &Path) -> Vec
             DiskBus::Ide => {
                 let (bus, unit) = (ide_slot / 2, ide_slot % 2);
                 ide_slot += 1;
-                format!("ide-hd,drive={node},bus=ide.{bus},unit={unit},bootindex={i}")
+                format!("ide-hd,drive={node},bus=ide.{bus},unit={unit},bootindex={boot}")
             }
-            DiskBus::Virtio => format!("virtio-blk-pci,drive={node},bootindex={i}"),
+            DiskBus::Virtio => format!("virtio-blk-pci,drive={node},bootindex={boot}"),
         };
         push("-device", device);
     }
@@ -313,6 +316,10 @@ mod tests {
         assert_eq!(values(&args, "-kernel"), ["/boot/a,b/vmlinuz"]);
         assert!(values(&args, "-initrd").is_empty());
         assert_eq!(values(&args, "-append"), ["console=ttyS0 x=a,b"]);
+        // The kernel's option ROM has boot index 0 (QEMU refuses a second one).
+        let devices = values(&args, "-device");
+        assert!(devices.contains(&"ide-hd,drive=disk0,bus=ide.0,unit=0,bootindex=1"));
+        assert!(devices.contains(&"virtio-blk-pci,drive=disk1,bootindex=2"));
         d.kernel = Some(crate::definition::KernelBoot {
             kernel: "/vmlinuz".into(),
             initrd: Some("/initrd.img".into()),

@@ -28,7 +28,8 @@
 //!   NICs:        -nic none | -netdev user,id=netJ[,restrict=on] -device virtio-net-pci|e1000,netdev=netJ[,mac=]
 //!   guest agent: -chardev socket,id=qga0,path=SOCK,server=on,wait=off -device virtio-serial-pci,id=vser0
 //!                -device virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0
-//!   kernel boot: -kernel KERNEL [-initrd INITRD] -append CMDLINE   (plain values, no escaping)
+//!   kernel boot: -kernel KERNEL [-initrd INITRD] -append CMDLINE   (plain values, no escaping;
+//!                the kernel takes bootindex 0, the disks' indexes start at 1)
 //! ```
 //!
 //! * `-nodefaults -no-user-config`: only the devices listed exist, whatever the host's config.
