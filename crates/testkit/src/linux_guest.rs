@@ -80,8 +80,8 @@ pub fn expected_file(n: u64) -> Vec<u8> {
 pub fn last_wrote(serial: &str) -> Option<u64> {
     serial
         .lines()
-        .filter_map(|l| l.trim_end().strip_prefix(WROTE)?.parse().ok())
-        .last()
+        .rev()
+        .find_map(|l| l.trim_end().strip_prefix(WROTE)?.parse().ok())
 }
 
 /// `e2fsck -fn image`: whether it exits 0 (clean, nothing to replay or fix), and its output.
