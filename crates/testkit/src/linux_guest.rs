@@ -76,9 +76,10 @@ pub fn expected_file(n: u64) -> Vec<u8> {
     line.bytes().cycle().take(len).collect()
 }
 
-/// The `N` of the guest's last `lbguest: wrote N` line.
+/// The `N` of the guest's last complete `lbguest: wrote N` line.
 pub fn last_wrote(serial: &str) -> Option<u64> {
-    serial
+    let complete = serial.rsplit_once('\n').map_or("", |(done, _)| done);
+    complete
         .lines()
         .rev()
         .find_map(|l| l.trim_end().strip_prefix(WROTE)?.parse().ok())
