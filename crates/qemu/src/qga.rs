@@ -479,21 +479,28 @@ impl Qga {
         let mut bytes = prefix.to_vec();
         bytes.extend_from_slice(req.to_string().as_bytes());
         bytes.push(b'\n');
-        match tokio::time::timeout_at(deadline, self.stream.write_all(&bytes)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(source)) => {
-                self.in_sync = false;
-                Err(QgaError::Io {
-                    socket: self.socket.clone(),
-                    what: format!("sending {cmd}"),
-                    source,
-                })
-            }
-            Err(_) => {
-                self.in_sync = false;
-                Err(self.timeout_error(cmd))
-            }
-        }
+        let r = tokio::time::timeout_at(deadline, self.stream.write_all(&bytes)).await;
+        self.io_outcome(cmd, || format!("sending {cmd}"), r)
+    }
+
+    /// An I/O step's result; any failure puts the connection out of step.
+    fn io_outcome<T>(
+        &mut self,
+        cmd: &str,
+        what: impl FnOnce() -> String,
+        r: Result<std::io::Result<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T, QgaError> {
+        let e = match r {
+            Ok(Ok(t)) => return Ok(t),
+            Ok(Err(source)) => QgaError::Io {
+                socket: self.socket.clone(),
+                what: what(),
+                source,
+            },
+            Err(_) => self.timeout_error(cmd),
+        };
+        self.in_sync = false;
+        Err(e)
     }
 
     fn timeout_error(&self, cmd: &str) -> QgaError {
@@ -507,29 +514,18 @@ impl Qga {
     /// Reads more bytes into the buffer (at least one), before `deadline`.
     async fn fill(&mut self, cmd: &str, deadline: Instant) -> Result<(), QgaError> {
         let mut chunk = [0u8; 4096];
-        match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
-            Ok(Ok(0)) => {
+        let r = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await;
+        match self.io_outcome(cmd, || format!("reading the answer to {cmd}"), r)? {
+            0 => {
                 self.in_sync = false;
                 Err(QgaError::Closed {
                     socket: self.socket.clone(),
                     command: cmd.into(),
                 })
             }
-            Ok(Ok(n)) => {
+            n => {
                 self.buf.extend_from_slice(&chunk[..n]);
                 Ok(())
-            }
-            Ok(Err(source)) => {
-                self.in_sync = false;
-                Err(QgaError::Io {
-                    socket: self.socket.clone(),
-                    what: format!("reading the answer to {cmd}"),
-                    source,
-                })
-            }
-            Err(_) => {
-                self.in_sync = false;
-                Err(self.timeout_error(cmd))
             }
         }
     }
