@@ -6,6 +6,8 @@
 //! KVM hosts run a BIOS but never get a Linux kernel past its decompressor: when the guest does
 //! not come up under KVM within [`KVM_BOOT`] and KVM was not forced, the test says so and boots
 //! it again under TCG.
+//!
+//! `app_check_refuses_a_logged_file_that_is_torn_or_absent` shows the consistency check can fail.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -249,4 +251,58 @@ async fn disk_copied_while_frozen_is_app_consistent_and_guest_always_thaws() {
         vm.serial().read()
     );
     ok("kill", vm.kill().await);
+}
+
+/// The consistency check itself can fail: an image whose log names a file that is short, or
+/// that is absent, is refused (no VM: the image is written with `debugfs -w`).
+#[test]
+fn app_check_refuses_a_logged_file_that_is_torn_or_absent() {
+    use lifeboat_testkit::linux_guest::expected_file;
+    use lifeboat_testkit::run_ok;
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let sha = |data: &[u8]| {
+        let p = dir.join("sha-input");
+        std::fs::write(&p, data).expect("write");
+        let out = run_ok(std::process::Command::new("sha256sum").arg(&p));
+        String::from_utf8_lossy(&out.stdout)[..64].to_owned()
+    };
+    let put = |image: &Path, name: &str, data: &[u8]| {
+        let src = dir.join("put-input");
+        std::fs::write(&src, data).expect("write");
+        run_ok(
+            std::process::Command::new(require_tool("debugfs"))
+                .arg("-w")
+                .arg("-R")
+                .arg(format!("write {} {name}", src.display()))
+                .arg(image),
+        );
+    };
+    let make = |name: &str, f2: Option<&[u8]>| {
+        let image = dir.join(name);
+        ext4_disk(&image, 8 << 20);
+        let log = format!(
+            "1 {}\n2 {}\n",
+            sha(&expected_file(1)),
+            sha(&expected_file(2))
+        );
+        put(&image, "log", log.as_bytes());
+        put(&image, "f1", &expected_file(1));
+        if let Some(f2) = f2 {
+            put(&image, "f2", f2);
+        }
+        image
+    };
+    let good = make("good.img", Some(&expected_file(2)));
+    let c = check_app_consistent(&good, &dir.join("c-good")).expect("a consistent image");
+    assert_eq!((c.first, c.last, c.files_checked), (1, 2, 2));
+    let torn = make("torn.img", Some(&expected_file(2)[..4096]));
+    let e = check_app_consistent(&torn, &dir.join("c-torn")).expect_err("a torn file");
+    assert!(
+        e.contains("/f2") && e.contains("not what was written"),
+        "{e}"
+    );
+    let absent = make("absent.img", None);
+    let e = check_app_consistent(&absent, &dir.join("c-absent")).expect_err("an absent file");
+    assert!(e.contains("/f2 is logged but absent"), "{e}");
 }
