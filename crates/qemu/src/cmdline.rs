@@ -93,7 +93,10 @@ pub fn qemu_args(def: &VmDefinition, accel: AccelKind, qmp_socket: &Path) -> Vec
     push("-device", format!("isa-serial,chardev={SERIAL_CHARDEV}"));
 
     let mut ide_slot = 0usize;
+    // A direct kernel boot's option ROM takes boot index 0: the disks follow it.
+    let first_boot_index = usize::from(def.kernel.is_some());
     for (i, disk) in def.disks.iter().enumerate() {
+        let boot = first_boot_index + i;
         let node = disk_node(i);
         let blockdev = match &disk.source {
             DiskSource::Nbd { socket, export } => {
@@ -122,9 +125,9 @@ pub fn qemu_args(def: &VmDefinition, accel: AccelKind, qmp_socket: &Path) -> Vec
             DiskBus::Ide => {
                 let (bus, unit) = (ide_slot / 2, ide_slot % 2);
                 ide_slot += 1;
-                format!("ide-hd,drive={node},bus=ide.{bus},unit={unit},bootindex={i}")
+                format!("ide-hd,drive={node},bus=ide.{bus},unit={unit},bootindex={boot}")
             }
-            DiskBus::Virtio => format!("virtio-blk-pci,drive={node},bootindex={i}"),
+            DiskBus::Virtio => format!("virtio-blk-pci,drive={node},bootindex={boot}"),
         };
         push("-device", device);
     }
@@ -148,6 +151,14 @@ pub fn qemu_args(def: &VmDefinition, accel: AccelKind, qmp_socket: &Path) -> Vec
             dev.push_str(&format!(",mac={}", escape(mac)));
         }
         push("-device", dev);
+    }
+
+    if let Some(k) = &def.kernel {
+        push("-kernel", k.kernel.to_string_lossy().into_owned());
+        if let Some(initrd) = &k.initrd {
+            push("-initrd", initrd.to_string_lossy().into_owned());
+        }
+        push("-append", k.append.clone());
     }
 
     if let Some(qga) = &def.guest_agent_socket {
@@ -203,6 +214,7 @@ mod tests {
             nics: vec![],
             serial_log: "/logs/vm-1.serial".into(),
             guest_agent_socket: None,
+            kernel: None,
         }
     }
 
@@ -282,5 +294,39 @@ mod tests {
             .contains(&"virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0"));
         assert!(values(&args, "-chardev")
             .contains(&"socket,id=qga0,path=/run/vm-1/qga.sock,server=on,wait=off"));
+    }
+
+    #[test]
+    fn kernel_boot() {
+        let args = qemu_args(&def(), AccelKind::Kvm, Path::new("/q.sock"));
+        for k in ["-kernel", "-initrd", "-append"] {
+            assert!(
+                values(&args, k).is_empty(),
+                "{k} without a kernel: {args:?}"
+            );
+        }
+        let mut d = def();
+        d.kernel = Some(crate::definition::KernelBoot {
+            kernel: "/boot/a,b/vmlinuz".into(),
+            initrd: None,
+            append: "console=ttyS0 x=a,b".into(),
+        });
+        let args = qemu_args(&d, AccelKind::Kvm, Path::new("/q.sock"));
+        // -kernel/-initrd/-append take a plain string, not an option list: no comma doubling
+        assert_eq!(values(&args, "-kernel"), ["/boot/a,b/vmlinuz"]);
+        assert!(values(&args, "-initrd").is_empty());
+        assert_eq!(values(&args, "-append"), ["console=ttyS0 x=a,b"]);
+        // The kernel's option ROM has boot index 0 (QEMU refuses a second one).
+        let devices = values(&args, "-device");
+        assert!(devices.contains(&"ide-hd,drive=disk0,bus=ide.0,unit=0,bootindex=1"));
+        assert!(devices.contains(&"virtio-blk-pci,drive=disk1,bootindex=2"));
+        d.kernel = Some(crate::definition::KernelBoot {
+            kernel: "/vmlinuz".into(),
+            initrd: Some("/initrd.img".into()),
+            append: String::new(),
+        });
+        let args = qemu_args(&d, AccelKind::Kvm, Path::new("/q.sock"));
+        assert_eq!(values(&args, "-initrd"), ["/initrd.img"]);
+        assert_eq!(values(&args, "-append"), [""]);
     }
 }

@@ -26,6 +26,8 @@ pub const MAX_DISKS: usize = 16;
 pub const MAX_IDE_DISKS: usize = 4;
 /// Most NICs per VM.
 pub const MAX_NICS: usize = 8;
+/// The longest kernel command line x86 Linux takes (`COMMAND_LINE_SIZE` less its NUL).
+pub const MAX_KERNEL_APPEND: usize = 2047;
 /// The NBD protocol's limit on export names.
 pub const MAX_EXPORT_NAME: usize = 4096;
 
@@ -60,6 +62,24 @@ pub struct VmDefinition {
     /// `org.qemu.guest_agent.0`), for filesystem freeze. None: no guest agent channel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_agent_socket: Option<PathBuf>,
+    /// Direct kernel boot (QEMU's `-kernel/-initrd/-append`) instead of booting the first disk
+    /// through the BIOS. None: the BIOS boots the first disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelBoot>,
+}
+
+/// A Linux kernel QEMU loads itself (test guests, appliances without a boot loader).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelBoot {
+    /// The kernel image (`vmlinuz`, bzImage).
+    pub kernel: PathBuf,
+    /// The initial RAM disk; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line (e.g. `console=ttyS0`); may be empty.
+    #[serde(default)]
+    pub append: String,
 }
 
 /// One disk.
@@ -331,6 +351,28 @@ impl VmDefinition {
         if let Some(sock) = &self.guest_agent_socket {
             check_socket_path(sock).map_err(|p| bad("guest_agent_socket", p))?;
         }
+        if let Some(k) = &self.kernel {
+            check_path(&k.kernel).map_err(|p| bad("kernel.kernel", p))?;
+            if let Some(initrd) = &k.initrd {
+                check_path(initrd).map_err(|p| bad("kernel.initrd", p))?;
+            }
+            if k.append.len() > MAX_KERNEL_APPEND {
+                return Err(bad(
+                    "kernel.append",
+                    format!(
+                        "is {} bytes long: Linux takes at most {MAX_KERNEL_APPEND}",
+                        k.append.len()
+                    ),
+                ));
+            }
+            if k.append.chars().any(|c| c.is_control()) {
+                return Err(bad(
+                    "kernel.append",
+                    "contains control characters (a newline?): write the command line on one line"
+                        .into(),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -448,6 +490,7 @@ mod tests {
             nics: vec![],
             serial_log: "/tmp/vm-1.serial".into(),
             guest_agent_socket: None,
+            kernel: None,
         }
     }
 
@@ -474,6 +517,11 @@ mod tests {
             mac: Some("52:54:00:12:34:56".into()),
         });
         def.guest_agent_socket = Some("/run/lb/vm-1.qga".into());
+        def.kernel = Some(KernelBoot {
+            kernel: "/boot/vmlinuz".into(),
+            initrd: Some("/boot/initrd.img".into()),
+            append: "console=ttyS0 quiet".into(),
+        });
         let json = def.to_json();
         assert!(json.contains("\"restrict\": true"), "{json}");
         assert!(json.contains("\"model\": \"e1000\""), "{json}");
@@ -491,6 +539,16 @@ mod tests {
         assert_eq!(def.disks[0].bus, DiskBus::Ide);
         assert_eq!(def.nics[0].network, Network::User { restrict: false });
         assert_eq!(def.nics[0].model, NicModel::VirtioNetPci);
+        assert_eq!(def.kernel, None);
+        assert!(!def.to_json().contains("kernel"), "{}", def.to_json());
+        let def = VmDefinition::from_json(
+            r#"{"name":"a","vcpus":1,"memory_mib":16,"serial_log":"/s",
+               "disks":[{"source":{"file":{"path":"/d.raw","format":"raw"}}}],
+               "kernel":{"kernel":"/k"}}"#,
+        )
+        .unwrap();
+        let k = def.kernel.unwrap();
+        assert_eq!((k.initrd, k.append.as_str()), (None, ""));
     }
 
     #[test]
@@ -577,6 +635,32 @@ mod tests {
         let mut d = sample();
         d.guest_agent_socket = Some("qga.sock".into());
         assert_eq!(invalid(&d).0, "guest_agent_socket");
+
+        let mut d = sample();
+        d.kernel = Some(KernelBoot {
+            kernel: "vmlinuz".into(),
+            initrd: None,
+            append: String::new(),
+        });
+        assert_eq!(invalid(&d).0, "kernel.kernel");
+        d.kernel = Some(KernelBoot {
+            kernel: "/vmlinuz".into(),
+            initrd: Some("initrd".into()),
+            append: String::new(),
+        });
+        assert_eq!(invalid(&d).0, "kernel.initrd");
+        d.kernel = Some(KernelBoot {
+            kernel: "/vmlinuz".into(),
+            initrd: None,
+            append: "console=ttyS0\ninit=/x".into(),
+        });
+        assert!(invalid(&d).1.contains("one line"));
+        d.kernel = Some(KernelBoot {
+            kernel: "/vmlinuz".into(),
+            initrd: None,
+            append: "x".repeat(3000),
+        });
+        assert!(invalid(&d).1.contains("2047"));
 
         assert!(sample().validate().is_ok());
     }

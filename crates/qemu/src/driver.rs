@@ -454,6 +454,18 @@ async fn start_inner(
             "does not exist: create it".into(),
         ));
     }
+    if let Some(k) = &def.kernel {
+        let files = [("kernel", Some(&k.kernel)), ("initrd", k.initrd.as_ref())];
+        for (what, path) in files {
+            if let Some(path) = path.filter(|p| !p.is_file()) {
+                return Err(host_path(
+                    what,
+                    path,
+                    "is not a file: build it (scripts/build-linux-guest for the test guest) or fix `kernel` in the definition".into(),
+                ));
+            }
+        }
+    }
     let accel = resolve_accel(&vm, opts.accel)?;
     let stderr_path = opts.run_dir.join("qemu.stderr");
     let stderr = std::fs::File::create(&stderr_path)

@@ -5,8 +5,9 @@
 //!
 //! ## The VM definition ([`VmDefinition`], JSON)
 //!
-//! Name, vCPUs, memory (MiB), disks in boot order, NICs, the serial log file and an optional
-//! QEMU guest agent socket. A protected VM's disk is an **NBD export on a unix socket** served by
+//! Name, vCPUs, memory (MiB), disks in boot order, NICs, the serial log file, an optional
+//! QEMU guest agent socket and an optional direct kernel boot ([`KernelBoot`]: kernel, initrd,
+//! command line; [`start`] checks that the files exist). A protected VM's disk is an **NBD export on a unix socket** served by
 //! the agent's disk server (every write journaled before QEMU gets the acknowledgement); tests and
 //! unprotected VMs may use local raw or qcow2 files. A NIC is QEMU user networking, with
 //! `restrict: true` for a drill's isolated network (the guest reaches nothing). Validation
@@ -27,6 +28,8 @@
 //!   NICs:        -nic none | -netdev user,id=netJ[,restrict=on] -device virtio-net-pci|e1000,netdev=netJ[,mac=]
 //!   guest agent: -chardev socket,id=qga0,path=SOCK,server=on,wait=off -device virtio-serial-pci,id=vser0
 //!                -device virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0
+//!   kernel boot: -kernel KERNEL [-initrd INITRD] -append CMDLINE   (plain values, no escaping;
+//!                the kernel takes bootindex 0, the disks' indexes start at 1)
 //! ```
 //!
 //! * `-nodefaults -no-user-config`: only the devices listed exist, whatever the host's config.
@@ -57,6 +60,21 @@
 //! [`ShutdownReport`] says which step stopped it. A guest that ignores ACPI (no OS, or hung) is
 //! thus stopped by `quit`. All waits are polls against a deadline.
 //!
+//! ## The guest agent ([`qga::Qga`])
+//!
+//! In-house, on tokio, over the `guest_agent_socket`: ping, info, `guest-fsfreeze-*` and
+//! [`Qga::frozen`], which freezes the guest's filesystems, runs the caller's operation (e.g.
+//! marking an app-consistent point in the journal) and always thaws them again, also after a
+//! failed or timed-out freeze. Before sending anything it checks that the socket's peer is the
+//! VM's own QEMU ([`RunningVm::pid`]), so it never freezes anything but that guest; it
+//! synchronizes with `guest-sync-delimited`. Details in [`qga`]'s doc.
+//!
+//! ## The Linux test guest (`scripts/build-linux-guest`)
+//!
+//! Debian's kernel and an initramfs with busybox, qemu-ga and a writer whose files and log make
+//! application-level consistency checkable on a copy of its ext4 data disk; booted with
+//! [`KernelBoot`]. See the script's header and `tests/linux_guest.rs`.
+//!
 //! ## The seqwriter test guest ([`seqwriter`])
 //!
 //! `guest/seqwriter.S` writes sequence-numbered, checksummed 4 KiB records in a ring forever and
@@ -68,22 +86,25 @@
 //! ## Not yet
 //!
 //! Reattaching to a QEMU that outlived its agent, NBD `reconnect-delay` across disk-server
-//! restarts, guest-agent commands (fsfreeze), hotplug, machine types other than `pc`.
+//! restarts, guest-agent commands other than ping/info/fsfreeze, hotplug, machine types other than `pc`.
 
 pub mod cmdline;
 pub mod definition;
 mod driver;
+pub mod qga;
 pub mod qmp;
 pub mod seqwriter;
 pub mod serial;
 
 pub use cmdline::AccelKind;
 pub use definition::{
-    DefinitionError, Disk, DiskBus, DiskSource, ImageFormat, Network, Nic, NicModel, VmDefinition,
+    DefinitionError, Disk, DiskBus, DiskSource, ImageFormat, KernelBoot, Network, Nic, NicModel,
+    VmDefinition,
 };
 pub use driver::{
     resolve_accel, start, start_with, Accel, ExitInfo, QemuError, RunningVm, ShutdownOutcome,
     ShutdownReport, StartOptions, VmStatus, QUIT_GRACE,
 };
+pub use qga::{FreezeRun, FsfreezeStatus, GuestCommand, GuestInfo, Qga, QgaError};
 pub use qmp::{QmpClient, QmpError, QmpEvent, StatusInfo};
 pub use serial::SerialLog;

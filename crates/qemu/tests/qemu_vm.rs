@@ -97,6 +97,7 @@ fn definition(dir: &Path, name: &str, source: DiskSource) -> VmDefinition {
         nics: vec![],
         serial_log: dir.join(format!("{name}.serial")),
         guest_agent_socket: None,
+        kernel: None,
     }
 }
 

@@ -15,6 +15,7 @@
 //! Network tests use unix sockets in the test's temporary directory, or loopback TCP on a port
 //! the kernel picked ([`free_loopback_port`]).
 
+pub mod linux_guest;
 pub mod nbd_client;
 
 use std::io::Read;
@@ -182,6 +183,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("qemu-nbd", "qemu-utils"),
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("fio", "fio"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("e2fsck", "e2fsprogs"),
+    ("debugfs", "e2fsprogs"),
 ];
 
 /// The path of an external program, or a panic naming the package to install.
