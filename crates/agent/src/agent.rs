@@ -646,6 +646,7 @@ fn router(a: Arc<Agent>) -> Router {
         .route("/agent/v1/status", get(status))
         .route("/agent/v1/sources/{vm}", get(get_source).put(put_source))
         .route("/agent/v1/sources/{vm}/shutdown", post(shutdown_source))
+        .route("/agent/v1/sources/{vm}/checkpoint", post(checkpoint_source))
         .route(
             "/agent/v1/replicas/{vm}",
             get(get_replica).put(put_replica).delete(delete_replica),
@@ -709,6 +710,45 @@ async fn put_source(
     }
     let _one = a.ops.lock().await;
     Ok(Json(a.put_source(&vm, spec).await.map_err(failed)?))
+}
+
+/// `POST /agent/v1/sources/{vm}/checkpoint`: a recovery point of the VM now.
+async fn checkpoint_source(
+    State(a): State<Arc<Agent>>,
+    Path(vm): Path<String>,
+    b: Bytes,
+) -> ApiResult<lifeboat_vault::agent_wire::CheckpointAnswer> {
+    let req: lifeboat_vault::agent_wire::CheckpointRequest =
+        if b.iter().all(u8::is_ascii_whitespace) {
+            lifeboat_vault::agent_wire::CheckpointRequest { kind: None }
+        } else {
+            body("checkpoint", &b)?
+        };
+    let kind: lifeboat_types::CheckpointKind = req
+        .kind
+        .as_deref()
+        .unwrap_or("crash-consistent")
+        .parse()
+        .map_err(|e: String| bad(anyhow!("checkpoint of VM {vm}: {e}")))?;
+    let repl = a
+        .replication_of(&vm)
+        .ok_or_else(|| not_found("replicating", &vm))?;
+    if let Some(g) = repl.protection().and_then(|p| p.group) {
+        return Err(ApiErr(
+            StatusCode::CONFLICT,
+            anyhow!(
+                "VM {vm} is in replication group {g}: its points are the group's (cut the \
+                 group: `lifeboat group cut {g}`)"
+            ),
+        ));
+    }
+    let (seq, kind, freeze_error) = repl.checkpoint_now(kind).await.map_err(failed)?;
+    Ok(Json(lifeboat_vault::agent_wire::CheckpointAnswer {
+        vm,
+        seq: seq.0,
+        kind: kind.to_string(),
+        freeze_error,
+    }))
 }
 
 async fn shutdown_source(

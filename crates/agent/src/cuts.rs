@@ -9,6 +9,10 @@
 //!    error: the vault then records no cut.
 //! 3. **release**: an abandoned cut releases whatever it still holds.
 //!
+//! An app-consistent cut first **freezes** every member's guest (`freeze`, through its guest
+//! agent: `crate::guest`) and ends with **thaw**; a guest the vault never thaws is thawed by a
+//! watchdog.
+//!
 //! Holds are in memory only: a restarted agent holds nothing, and the vault's commit then fails
 //! for it, so no cut spanning a restart is ever recorded.
 
@@ -114,8 +118,34 @@ pub(crate) async fn cut_verb(
             r.release_cut(&req.cut);
             CutVm::ok(vm)
         }))),
+        "freeze" | "thaw" => {
+            let timeout = Duration::from_millis(req.freeze_timeout_ms.clamp(100, 60_000));
+            let calls = vms.iter().map(|(vm, r)| {
+                let (cut, guest, verb) = (req.cut.clone(), r.guest.clone(), verb.clone());
+                async move {
+                    let res = if verb == "freeze" {
+                        guest.freeze_for_cut(&cut, timeout).await
+                    } else {
+                        guest.thaw_cut(&cut).await
+                    };
+                    match res {
+                        Ok(n) => CutVm {
+                            filesystems: Some(n),
+                            ..CutVm::ok(vm)
+                        },
+                        Err(e) => CutVm {
+                            error: Some(e),
+                            ..CutVm::ok(vm)
+                        },
+                    }
+                }
+            });
+            Ok(Json(CutAnswer {
+                vms: futures::future::join_all(calls).await,
+            }))
+        }
         other => Err(bad(format!(
-            "unknown cut phase {other:?}: use hold, commit or release"
+            "unknown cut phase {other:?}: use freeze, hold, commit, release or thaw"
         ))),
     }
 }

@@ -47,6 +47,7 @@
 pub mod agent;
 pub mod cuts;
 pub mod digest;
+pub mod guest;
 pub mod local;
 pub mod pick;
 pub mod recovered;

@@ -83,7 +83,7 @@ pub struct RecoveredVm {
     stop_tx: watch::Sender<bool>,
     server: Mutex<Option<JoinHandle<()>>>,
     /// QEMU, when it runs.
-    pub qemu: QemuSlot,
+    pub qemu: Arc<QemuSlot>,
     /// The journal (the source of a reverse replication after re-protect).
     journal: Arc<Journal>,
     /// Replication of the journal back to the original region (off until re-protect).
@@ -210,6 +210,11 @@ impl RecoveredVm {
                 .map(|d| d.clone() as Arc<dyn ReplDisk>)
                 .collect(),
         );
+        let qemu = Arc::new(QemuSlot::default());
+        if def.guest_agent_socket.is_some() {
+            repl.guest
+                .attach(qemu.clone(), crate::guest::socket_in(dir));
+        }
         let reverse = ReverseState::load(dir)?;
         let me = Arc::new(RecoveredVm {
             vm,
@@ -221,7 +226,7 @@ impl RecoveredVm {
             hydrations: Mutex::new(hydrations),
             stop_tx,
             server: Mutex::new(Some(task)),
-            qemu: QemuSlot::default(),
+            qemu,
             keeper: Mutex::new(None),
             journal,
             repl,

@@ -113,6 +113,8 @@ struct Shared {
 /// The source side of one VM's replication (see the module doc).
 pub struct Replication {
     vm: VmId,
+    /// The VM's guest agent (app-consistent points).
+    pub guest: Arc<crate::guest::GuestAgent>,
     journal: Arc<Journal>,
     disks: Vec<Arc<dyn ReplDisk>>,
     sh: Arc<Shared>,
@@ -130,6 +132,7 @@ impl Replication {
         let sh = Arc::new(Shared::default());
         sh.applied.store(journal.last_seq().0, Ordering::Release);
         let me = Arc::new(Replication {
+            guest: crate::guest::GuestAgent::new(vm.clone()),
             vm,
             journal,
             disks,
@@ -387,6 +390,35 @@ impl Replication {
         }
     }
 
+    /// Cuts a point now: app-consistent (the guest frozen; crash-consistent if it cannot be)
+    /// or crash-consistent; then seals and ships. Answers the marker's position, its kind and
+    /// why the freeze failed.
+    pub async fn checkpoint_now(
+        &self,
+        kind: CheckpointKind,
+    ) -> Result<(Seq, CheckpointKind, Option<String>)> {
+        if !self.is_on() {
+            bail!(
+                "VM {} does not replicate: no recovery point to cut",
+                self.vm
+            );
+        }
+        let out = match kind {
+            CheckpointKind::AppConsistent => self.guest.app_marker(self.journal.clone()).await?,
+            CheckpointKind::CrashConsistent => {
+                let j = self.journal.clone();
+                let seq = tokio::task::spawn_blocking(move || {
+                    j.append_checkpoint(CheckpointKind::CrashConsistent, SystemTime::now())
+                })
+                .await
+                .context("marker task")??;
+                (seq, kind, None)
+            }
+        };
+        self.tick(false, false).await?;
+        Ok(out)
+    }
+
     /// Holds the journal's writes for the multi-VM cut `cut`, at most until `until` (the first
     /// phase of a cut; see `lifeboat_journal::Journal::hold_writes`).
     pub fn hold(&self, cut: &str, until: Instant) -> Result<()> {
@@ -476,6 +508,7 @@ async fn ticker(me: Arc<Replication>, mut stop: watch::Receiver<bool>) {
     let mut every = tokio::time::interval(TICK);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_point = Instant::now();
+    let mut last_app: Option<Instant> = None;
     let mut last_persist = Instant::now();
     loop {
         tokio::select! {
@@ -489,6 +522,20 @@ async fn ticker(me: Arc<Replication>, mut stop: watch::Receiver<bool>) {
             .map(|p| p.0.point_secs)
             .filter(|s| *s > 0)
             .map(Duration::from_secs);
+        // App-consistent points of a VM on its own (a group's are the vault's cuts).
+        let app_every = lock(&me.sh.protect)
+            .as_ref()
+            .filter(|p| p.0.group.is_none() && p.0.app_secs > 0)
+            .map(|p| Duration::from_secs(p.0.app_secs));
+        let app_due = lock(&me.sh.copy).done
+            && app_every.is_some_and(|e| last_app.is_none_or(|t| t.elapsed() >= e));
+        if app_due {
+            last_app = Some(Instant::now());
+            last_point = Instant::now();
+            if let Err(e) = me.checkpoint_now(CheckpointKind::AppConsistent).await {
+                tracing::warn!(vm = %me.vm, error = format!("{e:#}"), "app-consistent point failed");
+            }
+        }
         let first = point_every.is_some()
             && lock(&me.sh.copy).done
             && me.sh.first_point.swap(false, Ordering::AcqRel);

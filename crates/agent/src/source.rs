@@ -34,7 +34,7 @@ pub struct SourceVm {
     /// Replication of its journal.
     pub repl: Arc<Replication>,
     /// QEMU, when it runs.
-    pub qemu: QemuSlot,
+    pub qemu: Arc<QemuSlot>,
 }
 
 /// The raw image files the agent serves for a definition's disks: a raw image is served in
@@ -142,6 +142,11 @@ impl SourceVm {
             .map(|d| d.clone() as Arc<dyn ReplDisk>)
             .collect();
         let repl = Replication::new(vm.clone(), journal.clone(), repl_disks);
+        let qemu = Arc::new(QemuSlot::default());
+        if def.guest_agent_socket.is_some() {
+            repl.guest
+                .attach(qemu.clone(), crate::guest::socket_in(dir));
+        }
         Ok(Arc::new(SourceVm {
             vm,
             dir: dir.to_path_buf(),
@@ -150,7 +155,7 @@ impl SourceVm {
             stop_tx,
             tasks: Mutex::new(vec![serve]),
             repl,
-            qemu: QemuSlot::default(),
+            qemu,
         }))
     }
 
@@ -232,5 +237,7 @@ pub fn source_status(
         replicated_as_of: repl.replicated_as_of(),
         fenced: repl.fenced_reason(),
         last_seq: journal.last_seq().0,
+        app_misses: repl.guest.misses().0,
+        app_error: repl.guest.misses().1,
     }
 }

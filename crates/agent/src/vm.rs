@@ -37,7 +37,11 @@ pub fn qemu_definition(vm: &str, def: &VmDefinition, socket: &Path, serial: &Pat
     let mut d = def.clone();
     d.name = vm.to_string();
     d.serial_log = serial.to_path_buf();
-    d.guest_agent_socket = None;
+    // The guest agent channel's socket is the agent's own, beside the disks' (QEMU creates it).
+    d.guest_agent_socket = def
+        .guest_agent_socket
+        .as_ref()
+        .map(|_| socket.with_file_name("qga.sock"));
     for (i, disk) in d.disks.iter_mut().enumerate() {
         disk.source = DiskSource::Nbd {
             socket: socket.to_path_buf(),

@@ -207,3 +207,28 @@ fn operate(cl: &Client, op: &str, a: GroupOpArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// `lifeboat checkpoint VM [--app-consistent]`.
+pub fn checkpoint(c: &VaultConn, vm: &str, app_consistent: bool) -> Result<()> {
+    let cl = Client::new(c)?;
+    let kind = if app_consistent {
+        "app-consistent"
+    } else {
+        "crash-consistent"
+    };
+    let a = cl.post(
+        &format!("/api/items/{vm}/checkpoint"),
+        json!({"kind": kind}),
+    )?;
+    cl.print(&a, |a| {
+        println!(
+            "VM {}: {} marker at journal record {}",
+            s(a, "vm"),
+            s(a, "kind"),
+            s(a, "seq")
+        );
+        if let Some(e) = a["freeze_error"].as_str() {
+            println!("the guest could not be frozen: {e}");
+        }
+    })
+}

@@ -162,6 +162,17 @@ enum Command {
         #[command(subcommand)]
         cmd: plan_cmd::PlanCmd,
     },
+    /// Cut a recovery point of a VM now (vault API): `--app-consistent` freezes the guest's
+    /// filesystems through its QEMU guest agent first.
+    Checkpoint {
+        #[command(flatten)]
+        conn: client::VaultConn,
+        /// The VM.
+        vm: String,
+        /// Freeze the guest first (crash-consistent if it cannot be frozen).
+        #[arg(long)]
+        app_consistent: bool,
+    },
     /// Events, oldest first (vault API).
     Events {
         #[command(flatten)]
@@ -249,6 +260,11 @@ fn main() -> std::process::ExitCode {
         Command::Reprotect { conn, args } => client::reprotect(&conn, args),
         Command::Jobs { conn } => client::jobs(&conn),
         Command::Events { conn } => client::events(&conn),
+        Command::Checkpoint {
+            conn,
+            vm,
+            app_consistent,
+        } => group_cmd::checkpoint(&conn, &vm, app_consistent),
         Command::TestFailover { conn, args } => client::operate(&conn, "test-failover", args),
         Command::CleanupTestFailover { conn, args } => {
             client::operate(&conn, "cleanup-test-failover", args)

@@ -40,6 +40,8 @@ pub struct HealthInputs {
     /// The current RPO: how far behind the primary the secondary's data is (`None`: unknown,
     /// e.g. the primary agent does not answer).
     pub rpo: Option<Duration>,
+    /// App-consistent points that failed in a row (the guest could not be frozen).
+    pub app_misses: u32,
 }
 
 /// Thresholds of [`health`].
@@ -53,6 +55,8 @@ pub struct HealthThresholds {
     pub no_crash_point: Duration,
     /// App-consistent points late by this many periods: Warning (ASR warns on missed ones).
     pub app_periods_late: u32,
+    /// This many app-consistent points failed in a row: Warning.
+    pub app_misses: u32,
 }
 
 impl Default for HealthThresholds {
@@ -62,6 +66,7 @@ impl Default for HealthThresholds {
             rpo_critical: Duration::from_secs(30 * 60),
             no_crash_point: Duration::from_secs(60 * 60),
             app_periods_late: 2,
+            app_misses: APP_MISSES_WARNING,
         }
     }
 }
@@ -74,6 +79,9 @@ fn mins(d: Duration) -> String {
         format!("{} min", s / 60)
     }
 }
+
+/// Failed app-consistent points in a row that make an item's health Warning.
+pub const APP_MISSES_WARNING: u32 = 3;
 
 /// The health of an item and every reason for it (empty when Healthy), worst first:
 /// * Critical: initial replication not finished; no crash-consistent point for
@@ -122,6 +130,13 @@ pub fn health(
             }
         }
     }
+    if i.app_misses >= t.app_misses {
+        warning.push(format!(
+            "the last {} app-consistent points failed (the guest's filesystems could not be \
+             frozen; they are crash-consistent): see `lifeboat events`",
+            i.app_misses
+        ));
+    }
     match i.rpo {
         Some(r) if r > t.rpo_critical => critical.push(format!(
             "RPO is {} (critical above {})",
@@ -163,7 +178,26 @@ mod tests {
             newest_crash: Some(at(100_000 - 60)),
             newest_app: None,
             rpo: Some(Duration::from_millis(600)),
+            app_misses: 0,
         }
+    }
+
+    #[test]
+    fn repeated_freeze_failures_warn() {
+        let p = ReplicationPolicy::default();
+        let t = HealthThresholds::default();
+        let two = HealthInputs {
+            app_misses: APP_MISSES_WARNING - 1,
+            ..ok_inputs()
+        };
+        assert_eq!(health(&two, &p, &t).0, Health::Healthy);
+        let three = HealthInputs {
+            app_misses: APP_MISSES_WARNING,
+            ..ok_inputs()
+        };
+        let (h, why) = health(&three, &p, &t);
+        assert_eq!(h, Health::Warning);
+        assert!(why[0].contains("could not be frozen"), "{why:?}");
     }
 
     #[test]

@@ -120,7 +120,7 @@ pub use duration::{
     format_duration, format_optional_duration, parse_duration, parse_optional_duration,
     serde_human, serde_human_opt, DurationParseError, DurationProblem,
 };
-pub use health::{health, Health, HealthInputs, HealthThresholds};
+pub use health::{health, Health, HealthInputs, HealthThresholds, APP_MISSES_WARNING};
 pub use policy::{
     PolicyError, PolicyField, ReplicationPolicy, DEFAULT_CDP_WINDOW,
     DEFAULT_CRASH_CONSISTENT_INTERVAL, DEFAULT_POLICY_NAME, DEFAULT_RETENTION,

@@ -105,6 +105,6 @@ pub use driver::{
     resolve_accel, start, start_with, Accel, ExitInfo, QemuError, RunningVm, ShutdownOutcome,
     ShutdownReport, StartOptions, VmStatus, QUIT_GRACE,
 };
-pub use qga::{FreezeRun, FsfreezeStatus, GuestCommand, GuestInfo, Qga, QgaError};
+pub use qga::{FreezeRun, FsfreezeStatus, GuestCommand, GuestInfo, Qga, QgaError, THAW_TIMEOUT};
 pub use qmp::{QmpClient, QmpError, QmpEvent, StatusInfo};
 pub use serial::SerialLog;

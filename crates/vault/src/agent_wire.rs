@@ -13,6 +13,7 @@
 //! | `GET /agent/v1/status` | | [`HostReport`] |
 //! | `PUT /agent/v1/sources/{vm}` | [`SourceSpec`] | [`SourceStatus`] |
 //! | `POST /agent/v1/sources/{vm}/shutdown` | [`ShutdownRequest`] | [`ShutdownAnswer`] |
+//! | `POST /agent/v1/sources/{vm}/checkpoint` | [`CheckpointRequest`] | [`CheckpointAnswer`] |
 //! | `PUT /agent/v1/replicas/{vm}` | [`ReplicaSpec`] | [`ReplicaStatus`] |
 //! | `POST /agent/v1/replicas/{vm}/process` | | [`ReplicaStatus`] |
 //! | `DELETE /agent/v1/replicas/{vm}` | | `{}` |
@@ -128,6 +129,35 @@ pub struct SourceStatus {
     pub fenced: Option<String>,
     /// The last journal record.
     pub last_seq: u64,
+    /// App-consistent points that failed in a row (the guest could not be frozen; each became
+    /// crash-consistent).
+    #[serde(default)]
+    pub app_misses: u32,
+    /// Why the last one failed.
+    #[serde(default)]
+    pub app_error: Option<String>,
+}
+
+/// Cut a recovery point of one VM now (`POST /agent/v1/sources/{vm}/checkpoint`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointRequest {
+    /// `crash-consistent` (default) or `app-consistent`.
+    #[serde(default)]
+    pub kind: Option<String>,
+}
+
+/// The marker a checkpoint appended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CheckpointAnswer {
+    /// The VM.
+    pub vm: String,
+    /// The marker's journal position.
+    pub seq: u64,
+    /// Its kind (crash-consistent when an app-consistent one could not freeze the guest).
+    pub kind: String,
+    /// Why the guest could not be frozen.
+    pub freeze_error: Option<String>,
 }
 
 /// Shut a source VM down.

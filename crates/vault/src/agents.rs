@@ -126,6 +126,25 @@ impl Vault {
                     )
                     .map_err(sql("updating an item"))?;
                 }
+                // App-consistent points that fell back to crash-consistent: an event for each
+                // new miss; health counts them.
+                if s.app_misses > item.app_misses {
+                    let msg = format!(
+                        "app-consistent recovery point of VM {} failed ({} in a row), it is \
+                         crash-consistent: {}",
+                        s.vm,
+                        s.app_misses,
+                        s.app_error.as_deref().unwrap_or("no reason given")
+                    );
+                    crate::service::event(tx, "warning", Some(&s.vm), None, &msg)?;
+                }
+                if s.app_misses != item.app_misses {
+                    tx.execute(
+                        "UPDATE items SET app_misses = ?1, app_error = ?2 WHERE vm = ?3",
+                        params![s.app_misses, s.app_error, s.vm],
+                    )
+                    .map_err(sql("updating an item"))?;
+                }
                 if item.state == ItemState::EnablingProtection.as_str() {
                     let pct = if s.copy.done {
                         99

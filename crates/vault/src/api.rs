@@ -78,6 +78,7 @@ pub fn router(vault: Vault, token: String) -> Router {
         .route("/api/items/{vm}/points", get(item_points))
         .route("/api/items/{vm}/health", get(item_health))
         .route("/api/items/{vm}/reprotect-plan", get(reprotect_plan))
+        .route("/api/items/{vm}/checkpoint", post(item_checkpoint))
         .route("/api/items/{vm}/{operation}", post(operate))
         .route("/api/groups", get(list_groups).post(create_group))
         .route("/api/groups/{name}", get(get_group).delete(delete_group))
@@ -125,7 +126,7 @@ async fn not_found() -> Response {
         list_regions, add_region, list_hosts, register_host, host_report, list_policies,
         put_policy, list_vms, create_vm, vm_power, list_items, protect, get_item, item_points, item_health, reprotect_plan, operate,
         list_jobs, get_job,
-        list_events, list_groups, create_group, get_group, delete_group, group_points, cut_group,
+        list_events, item_checkpoint, list_groups, create_group, get_group, delete_group, group_points, cut_group,
         group_operation, list_plans, create_plan, get_plan, replace_plan, delete_plan,
         list_plan_runs, get_plan_run, plan_run_action, plan_operate
     ),
@@ -134,6 +135,7 @@ async fn not_found() -> Response {
         Item, crate::model::Drill, Step, Job, Event, ErrorBody, PointInfo, HealthInfo, HostReport, SourceStatus,
         ReplicaStatus, RecoveredStatus, CopyState, crate::reprotect::ReprotectPlan,
         CreateGroup, Group, GroupCut, CutMember, GroupPoint, CutKind,
+        crate::agent_wire::CheckpointAnswer,
         PlanDefinition, crate::plan::PlanGroup, crate::plan::PlanAction,
         crate::plan::ScriptAction, crate::plan::ManualAction, crate::plan::PlanStep,
         crate::plan::Phase, PlanRequest, PlanRun, PlanInfo
@@ -412,6 +414,34 @@ struct CutKind {
     kind: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/items/{vm}/checkpoint", request_body = CutKind,
+    params(("vm" = String, Path, description = "VM name")),
+    responses((status = 200, body = crate::agent_wire::CheckpointAnswer),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 502, body = ErrorBody)))]
+async fn item_checkpoint(
+    State(st): State<AppState>,
+    Path(vm): Path<String>,
+    b: Bytes,
+) -> ApiResult<crate::agent_wire::CheckpointAnswer> {
+    let kind = cut_kind(&b)?;
+    Ok(Json(st.vault.checkpoint(&vm, kind).await?))
+}
+
+/// The kind of a cut or checkpoint body (empty: crash-consistent).
+fn cut_kind(b: &Bytes) -> Result<lifeboat_types::CheckpointKind, VaultError> {
+    let k: CutKind = if b.iter().all(u8::is_ascii_whitespace) {
+        CutKind { kind: None }
+    } else {
+        body("cut", b)?
+    };
+    k.kind
+        .as_deref()
+        .unwrap_or("crash-consistent")
+        .parse()
+        .map_err(VaultError::BadRequest)
+}
+
 #[utoipa::path(post, path = "/api/groups/{name}/cut", request_body = CutKind,
     params(("name" = String, Path, description = "Replication group")),
     responses((status = 200, body = GroupCut), (status = 404, body = ErrorBody),
@@ -421,21 +451,7 @@ async fn cut_group(
     Path(name): Path<String>,
     b: Bytes,
 ) -> ApiResult<GroupCut> {
-    let k: CutKind = if b.iter().all(u8::is_ascii_whitespace) {
-        CutKind { kind: None }
-    } else {
-        body("cut", &b)?
-    };
-    let kind = k
-        .kind
-        .as_deref()
-        .unwrap_or("crash-consistent")
-        .parse()
-        .map_err(|_| {
-            VaultError::BadRequest(
-                "cut kind must be crash-consistent or app-consistent".to_string(),
-            )
-        })?;
+    let kind = cut_kind(&b)?;
     Ok(Json(st.vault.cut_group(&name, kind).await?))
 }
 

@@ -95,6 +95,9 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX group_cuts_by_group ON group_cuts(grp, time_ns);",
     // 6: recovery plans (crate::plan, crate::plan_run).
     PLANS_MIGRATION,
+    // 7: app-consistent points that failed in a row (the guest could not be frozen), and why.
+    "ALTER TABLE items ADD COLUMN app_misses INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE items ADD COLUMN app_error TEXT;",
 ];
 
 /// Recovery plans: each plan's definition (JSON, `crate::plan::PlanDefinition`), and its runs

@@ -491,17 +491,7 @@ impl Vault {
         // The members, by the host they replicate from.
         let mut hosts: BTreeMap<String, (Host, Vec<String>)> = BTreeMap::new();
         for vm in &group.vms {
-            let item = self.item(vm)?;
-            let state: ItemState = item.state.parse().map_err(|_| VaultError::Corrupt {
-                what: "item state",
-                value: item.state.clone(),
-            })?;
-            if !crate::service::replicates(state) {
-                return Err(VaultError::Conflict(format!(
-                    "replication group {name}: VM {vm} is {} and does not replicate: no cut",
-                    item.state
-                )));
-            }
+            let item = self.replicating_item(vm, &format!("replication group {name}: "))?;
             let host = self.live_host(&item.source_region)?;
             hosts
                 .entry(host.name.clone())
@@ -652,6 +642,54 @@ impl Vault {
             Ok(tx.last_insert_rowid())
         })?;
         Ok(to_cut((id, time_ns as i64, kind.to_string(), members_json)))
+    }
+
+    /// Cuts a recovery point of one VM now, at its source host (Zerto's "add checkpoint"):
+    /// app-consistent (crash-consistent if the guest cannot be frozen) or crash-consistent.
+    pub async fn checkpoint(
+        &self,
+        vm: &str,
+        kind: CheckpointKind,
+    ) -> Result<crate::agent_wire::CheckpointAnswer, VaultError> {
+        let item = self.replicating_item(vm, "")?;
+        if let Some(g) = &item.replication_group {
+            return Err(VaultError::Conflict(format!(
+                "VM {vm} is in replication group {g}: its points are the group's (`lifeboat \
+                 group cut {g}`)"
+            )));
+        }
+        let client = self.agent_client().ok_or_else(|| {
+            VaultError::NoAgent("no agent can cut the point: start the agents".into())
+        })?;
+        let host = self.live_host(&item.source_region)?;
+        let body = crate::agent_wire::CheckpointRequest {
+            kind: Some(kind.to_string()),
+        };
+        client
+            .call(
+                &host,
+                Method::POST,
+                &format!("/agent/v1/sources/{vm}/checkpoint"),
+                Some(&body),
+            )
+            .await
+    }
+
+    /// The item of `vm`, which must replicate (a point can be cut); `context` prefixes the
+    /// refusal.
+    fn replicating_item(&self, vm: &str, context: &str) -> Result<crate::model::Item, VaultError> {
+        let item = self.item(vm)?;
+        let state: ItemState = item.state.parse().map_err(|_| VaultError::Corrupt {
+            what: "item state",
+            value: item.state.clone(),
+        })?;
+        if !crate::service::replicates(state) {
+            return Err(VaultError::Conflict(format!(
+                "{context}VM {vm} is {} and does not replicate: no recovery point to cut",
+                item.state
+            )));
+        }
+        Ok(item)
     }
 
     fn group_event(&self, level: &str, group: &str, message: &str) {

@@ -177,6 +177,12 @@ pub struct Item {
     /// The replication group (multi-VM consistency) the VM belongs to.
     #[serde(default)]
     pub replication_group: Option<String>,
+    /// App-consistent points that failed in a row (each became crash-consistent).
+    #[serde(default)]
+    pub app_misses: u32,
+    /// Why the last one failed.
+    #[serde(default)]
+    pub app_error: Option<String>,
     /// Last change (ms since 1970).
     pub updated_at: i64,
 }

@@ -203,6 +203,8 @@ fn item_of(row: &Row<'_>) -> rusqlite::Result<(Item, String, Option<i64>)> {
             last_drill_at: row.get(15)?,
             last_drill_notes: row.get(16)?,
             replication_group: row.get(17)?,
+            app_misses: row.get::<_, i64>(18)?.clamp(0, i64::from(u32::MAX)) as u32,
+            app_error: row.get(19)?,
         },
         state,
         row.get::<_, Option<i64>>(10)?,
@@ -259,7 +261,8 @@ pub(crate) fn host_of(r: &Row<'_>) -> rusqlite::Result<Host> {
 const ITEM_COLS: &str = "vm, state, policy, source_region, target_region, active_region, \
                          percent_synced, epoch, job, updated_at, replicated_as_of, \
                          hydrated_percent, target_vcpus, target_memory_mib, drill, \
-                         last_drill_at, last_drill_notes, replication_group";
+                         last_drill_at, last_drill_notes, replication_group, \
+                         app_misses, app_error";
 
 /// Whether an item in state `s` replicates (so has an RPO).
 pub(crate) fn replicates(s: ItemState) -> bool {
@@ -1029,6 +1032,7 @@ impl Vault {
             rpo: item
                 .rpo_ms
                 .map(|ms| std::time::Duration::from_millis(ms.max(0) as u64)),
+            app_misses: item.app_misses,
         };
         let (h, reasons) = health(&inputs, &policy, &HealthThresholds::default());
         Ok(HealthInfo {
