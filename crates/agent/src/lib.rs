@@ -30,6 +30,10 @@
 //! * **Released** ([`local::Released`], the region a VM failed over from): the old source's
 //!   (or an earlier recovered VM's) disks kept for re-protect: summary of their journal after
 //!   the recovery point, block digests, and the seed of their region's store.
+//! * `guest.rs`: app-consistent points through the VM's QEMU guest agent (peer-checked, always
+//!   thawed; a failed freeze is a crash-consistent point and a reported miss).
+//! * `cuts.rs`: the agent's phases of a replication group's cut (freeze, hold, commit,
+//!   release, thaw).
 //!
 //! ## Locking
 //!

@@ -26,6 +26,12 @@
 //! state it started from). On start, jobs that a previous run left `running` are ended as
 //! failed with a message saying to retry, so an item is never left stuck in progress.
 //!
+//! ## Replication groups
+//!
+//! [`groups`]: up to 16 protected VMs share their points, cut by the vault across all their
+//! journals at one instant (hold every journal, then mark each); a group fails over to one
+//! shared point and a member alone cannot (see the module doc).
+//!
 //! ## Recovery plans
 //!
 //! [`plan`] (pure: definition, validation, the steps of a plan operation) and [`plan_run`]
