@@ -192,6 +192,27 @@ fn a_groups_cuts_are_causally_consistent_and_the_group_fails_over_together() {
     assert!(e.contains("replication group app"), "{e}");
     let e = c.cli_err(&["group", "failover", "app", "--recovery-point", "latest"]);
     assert!(e.contains("not a group point"), "{e}");
+    // A drill of the whole group from one shared point, then its cleanup.
+    c.cli_ok(&["group", "test-failover", "app"]);
+    for vm in VMS {
+        let item = c.item(vm);
+        assert_eq!(item["state"], "test-failed-over", "{item}");
+    }
+    let e = c.cli_err(&["test-failover", "ga"]);
+    assert!(e.contains("replication group app"), "{e}");
+    c.cli_ok(&[
+        "group",
+        "cleanup-test-failover",
+        "app",
+        "--notes",
+        "all three came up",
+    ]);
+    for vm in VMS {
+        let item = c.item(vm);
+        assert_eq!(item["state"], "protected", "{item}");
+        assert_eq!(item["last_drill_notes"], "all three came up", "{item}");
+    }
+
     let newest = c.json(&["group", "points", "app"]);
     let chosen = newest
         .as_array()

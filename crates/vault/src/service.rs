@@ -788,11 +788,11 @@ impl Vault {
                     what: "item state",
                     value: item.state.clone(),
                 })?;
+                crate::groups::refuse_alone(vm, item.replication_group.as_deref(), op, req)?;
                 let next = begin(state, op).map_err(|refused| VaultError::WrongState {
                     vm: vm.to_string(),
                     refused,
                 })?;
-                crate::groups::refuse_alone(vm, item.replication_group.as_deref(), op, req)?;
                 tx.execute(
                     "INSERT INTO jobs (operation, vm, from_state, status, steps, params, created_at)
                      VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6)",
