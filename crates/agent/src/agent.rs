@@ -1096,9 +1096,11 @@ async fn drill_verb(
         "stop" => {
             r.stop().await.map_err(failed)?;
         }
+        // Cleanup: the copy and its writes are discarded, so no guest shutdown is waited for.
+        "kill" => crate::vm::kill(&r.qemu).await,
         _ => {
             return Err(bad(anyhow!(
-                "unknown action {verb:?} on the drill copy of VM {vm}: use start or stop"
+                "unknown action {verb:?} on the drill copy of VM {vm}: use start, stop or kill"
             )))
         }
     }

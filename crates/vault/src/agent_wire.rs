@@ -30,7 +30,7 @@
 //! | `DELETE /agent/v1/local/{vm}` | | `{}` |
 //! | `POST /agent/v1/vms/{vm}/start`, `.../stop` | | the VM's status |
 //! | `PUT /agent/v1/drills/{vm}` | [`RecoverSpec`] (`drill: true`) | [`RecoveredStatus`] |
-//! | `POST /agent/v1/drills/{vm}/start` | | [`RecoveredStatus`] |
+//! | `POST /agent/v1/drills/{vm}/start`, `.../stop`, `.../kill` (cleanup) | | [`RecoveredStatus`] |
 //! | `DELETE /agent/v1/drills/{vm}` | | `{}` (the copy and its writes are gone, the pin too) |
 //! | `POST /agent/v1/cuts/freeze`, `hold`, `commit`, `release`, `thaw` | [`CutRequest`] | [`CutAnswer`] |
 //!

@@ -121,10 +121,13 @@ pub(crate) async fn cleanup(r: &mut Run) -> Flow {
     let path = format!("/agent/v1/drills/{}", r.vm);
     r.step("Stop VM")?;
     match r
-        .call::<RecoveredStatus>(&host, Method::POST, &format!("{path}/stop"), None)
+        .call::<RecoveredStatus>(&host, Method::POST, &format!("{path}/kill"), None)
         .await
     {
-        Ok(_) => r.done(&format!("the drill copy at host {} stopped", host.name)),
+        Ok(_) => r.done(&format!(
+            "the drill copy at host {} turned off (its writes are discarded)",
+            host.name
+        )),
         Err(e) if e.contains("404") => r.skip("no drill copy runs"),
         Err(e) => return Err(e),
     }
