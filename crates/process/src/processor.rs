@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use lifeboat_journal::Record;
-use lifeboat_store::{PointMeta, PointOrigin, PointRecord, Store, StoreError};
+use lifeboat_store::{PointMeta, PointOrigin, PointRecord, PreparedChunk, Store, StoreError};
 use lifeboat_types::{CheckpointKind, DiskId, Epoch, RecordKind, Seq, VmId};
 
 use crate::overlay::{index_journal, PointInTime};
@@ -511,11 +511,26 @@ impl Processor {
             let cs = w.chunk_size(disk).map_or(1, u64::from).max(1);
             let per_batch = usize::try_from(BUILD_BATCH_BYTES / cs).unwrap_or(1).max(1);
             let touched: Vec<u64> = pit.touched_on(disk).collect();
+            let level = self.store.config().zstd_level;
             for batch in touched.chunks(per_batch) {
                 let built = pit.read_disk_chunks(&self.store, disk, batch).await?;
-                for (i, data) in batch.iter().zip(built) {
-                    w.set_chunk(disk, *i, &data).await.map_err(se)?;
-                }
+                // Zero check, BLAKE3 and zstd on the blocking pool, every chunk of the batch at
+                // once; the writer puts them unsynced and syncs them together (as the seed
+                // does), before the point's first index page.
+                let prepared =
+                    futures::future::try_join_all(batch.iter().zip(built).map(|(i, data)| {
+                        let i = *i;
+                        tokio::task::spawn_blocking(move || {
+                            (i, PreparedChunk::new(bytes::Bytes::from(data), level))
+                        })
+                    }))
+                    .await
+                    .map_err(|e| {
+                        self.store_err(StoreError::InvalidArgument(format!(
+                            "preparing chunks: {e}"
+                        )))
+                    })?;
+                w.set_prepared(disk, prepared).await.map_err(se)?;
             }
         }
         let stored = w.commit_stored(point).await.map_err(se)?;
