@@ -147,6 +147,13 @@ enum Command {
         #[command(flatten)]
         args: client::OpArgs,
     },
+    /// Stop protecting a VM: it keeps running, its recovery points are deleted (vault API).
+    DisableProtection {
+        #[command(flatten)]
+        conn: client::VaultConn,
+        #[command(flatten)]
+        args: client::OpArgs,
+    },
     /// Replication groups: multi-VM consistency (vault API).
     Group {
         #[command(flatten)]
@@ -271,6 +278,9 @@ fn main() -> std::process::ExitCode {
         }
         Command::Job { conn, cmd } => client::job(&conn, cmd),
         Command::Group { conn, cmd } => group_cmd::run(&conn, cmd),
+        Command::DisableProtection { conn, args } => {
+            client::operate(&conn, "disable-protection", args)
+        }
         Command::Plan { conn, cmd } => plan_cmd::run(&conn, cmd),
     };
     match result {

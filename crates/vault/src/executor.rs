@@ -157,9 +157,7 @@ impl Executor for AgentExecutor {
                 Operation::Reprotect => crate::reprotect::reprotect(&mut run).await,
                 Operation::TestFailover => crate::drill::test_failover(&mut run).await,
                 Operation::CleanupTestFailover => crate::drill::cleanup(&mut run).await,
-                op => Err(format!(
-                    "{op} is not available in this version of Lifeboat yet: nothing was changed"
-                )),
+                Operation::DisableProtection => crate::disable::disable(&mut run).await,
             };
             let (outcome, error) = match r {
                 Ok(()) => (Outcome::Succeeded, None),
@@ -717,22 +715,34 @@ async fn commit(r: &mut Run) -> Flow {
             .to_string(),
         Err(e) => format!("no summary for re-protect ({e}): it will compare disks"),
     };
+    let deleted = delete_replica_data(&store, &store_url, &vm_id).await?;
+    r.done(&format!("{deleted}; {summary}"));
+    Ok(())
+}
+
+/// Deletes every recovery point and journal segment of `vm_id` in `store`, then collects
+/// their chunks (unless a writer is at work: then the next `lifeboat gc` does); says what it
+/// did.
+pub(crate) async fn delete_replica_data(
+    store: &Store,
+    store_url: &str,
+    vm_id: &lifeboat_types::VmId,
+) -> Result<String, String> {
     let points = store
-        .list_point_ids(&vm_id)
+        .list_point_ids(vm_id)
         .await
         .map_err(|e| format!("listing recovery points in {store_url}: {e}"))?;
     for id in &points {
         store
-            .delete_point(&vm_id, id)
+            .delete_point(vm_id, id)
             .await
             .map_err(|e| format!("deleting recovery point {id}: {e}"))?;
     }
     let segments = store
-        .delete_segments_through(&vm_id, Seq(u64::MAX))
+        .delete_segments_through(vm_id, Seq(u64::MAX))
         .await
-        .map_err(|e| format!("deleting the journal of VM {}: {e}", r.vm))?;
-    // Their chunks: collected now unless a writer is at work in the store (then at the next
-    // `lifeboat gc`); a failed collection does not fail the commit.
+        .map_err(|e| format!("deleting the journal of VM {vm_id}: {e}"))?;
+    // A failed collection does not fail the operation.
     let gc = match store.gc().await {
         Ok(g) if g.deferred => "chunk collection deferred: a writer is at work in the store; \
                                  `lifeboat gc` collects them later"
@@ -744,11 +754,10 @@ async fn commit(r: &mut Run) -> Flow {
         ),
         Err(e) => format!("chunk collection failed ({e}); `lifeboat gc` collects them later"),
     };
-    r.done(&format!(
-        "{} recovery points and {segments} journal segments deleted; {gc}; {summary}",
+    Ok(format!(
+        "{} recovery points and {segments} journal segments deleted; {gc}",
         points.len()
-    ));
-    Ok(())
+    ))
 }
 
 /// Starts or stops a VM where it runs now: at its source host, or (failed over) at the target.

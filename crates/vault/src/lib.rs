@@ -50,6 +50,7 @@ pub mod agent_wire;
 pub mod agents;
 pub mod api;
 pub mod db;
+pub mod disable;
 pub mod drill;
 pub mod error;
 pub mod executor;
