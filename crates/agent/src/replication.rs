@@ -108,6 +108,9 @@ struct Shared {
     first_point: std::sync::atomic::AtomicBool,
     /// The lowest applied position of the disks (shipping keeps the records after it).
     applied: AtomicU64,
+    /// Drop sealed segments the images hold while replication is off (see
+    /// [`Replication::trim_when_off`]).
+    trim_when_off: std::sync::atomic::AtomicBool,
 }
 
 /// The source side of one VM's replication (see the module doc).
@@ -145,6 +148,15 @@ impl Replication {
         let t = tokio::spawn(ticker(me.clone(), me.stop_tx.subscribe()));
         *lock(&me.task) = Some(t);
         me
+    }
+
+    /// While replication is off (never on, or disabled) and the VM is not fenced, sealed
+    /// segments whose records every image holds durably are deleted at each persist, so the
+    /// spool of an unprotected VM stays bounded. Only for a VM on its original disks: nobody
+    /// needs its journal then (a later protect copies the images). A recovered VM keeps what
+    /// it wrote for re-protect instead (`reverse.rs` folds it).
+    pub fn trim_when_off(&self) {
+        self.sh.trim_when_off.store(true, Ordering::Release);
     }
 
     /// The journal's epoch.
@@ -341,6 +353,9 @@ impl Replication {
         let shipper = lock(&self.sh.shipper).clone();
         let shipping = shipper.is_some() && lock(&self.sh.fenced).is_none();
         let t0 = now_ms();
+        let trim = !self.is_on()
+            && lock(&self.sh.fenced).is_none()
+            && self.sh.trim_when_off.load(Ordering::Acquire);
         let (j, disks) = (self.journal.clone(), self.disks.clone());
         let (sealed_through, applied) = tokio::task::spawn_blocking(move || -> Result<_> {
             if point_due && shipping {
@@ -361,6 +376,10 @@ impl Replication {
                     low = Some(low.map_or(s, |l| l.min(s)));
                 }
                 applied = low;
+                if let (true, Some(upto)) = (trim, low) {
+                    j.remove_sealed_through(upto)
+                        .context("dropping the spool of an unprotected VM")?;
+                }
             }
             Ok((through, applied))
         })

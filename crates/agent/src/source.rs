@@ -142,6 +142,7 @@ impl SourceVm {
             .map(|d| d.clone() as Arc<dyn ReplDisk>)
             .collect();
         let repl = Replication::new(vm.clone(), journal.clone(), repl_disks);
+        repl.trim_when_off();
         let qemu = Arc::new(QemuSlot::default());
         if def.guest_agent_socket.is_some() {
             repl.guest

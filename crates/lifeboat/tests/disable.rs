@@ -1,6 +1,6 @@
 //! Disable protection with real processes and a real QEMU guest: the VM keeps running and
-//! writing, its source no longer ships, the secondary store has nothing of it left, and it can
-//! be protected again (a new initial copy) and its newest point then has the guest's writes.
+//! writing, its source no longer ships, the secondary store has nothing of it left, its spool
+//! stays bounded, and it can be protected again (a new initial copy) and turns Healthy.
 
 mod common;
 
@@ -67,6 +67,27 @@ fn disabling_protection_keeps_the_vm_running_and_deletes_its_points() {
     assert!(left.is_empty(), "shipped after disable: {left:?}");
     let e = c.cli_err(&["failover", "off"]);
     assert!(e.contains("not allowed"), "{e}");
+
+    // The unprotected VM's spool stays bounded: sealed segments (one per 10 s of writes) are
+    // dropped at each persist (every 30 s) once the image holds them.
+    let journal = c.dir.join("agents/primary/vms/off/journal");
+    let sealed = || {
+        std::fs::read_dir(&journal)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".lbj"))
+            .count()
+    };
+    let mut most = 0;
+    let mut shrank = false;
+    wait_until(Duration::from_secs(100), "the spool to shrink", || {
+        let n = sealed();
+        shrank |= n < most;
+        most = most.max(n);
+        shrank
+    });
+    assert!(most <= 5, "the spool grew to {most} sealed segments");
 
     // Protected again: a new initial copy, then points with the guest's later writes.
     let job = c.json(&["protect", "off", "--target-region", "secondary"]);
