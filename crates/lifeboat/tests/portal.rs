@@ -5,7 +5,7 @@
 //! Commit shows the vault's message; Failover with Latest processed and "Shut down machine",
 //! the notifications (started ... succeeded) arriving live; the guest resumes at the secondary;
 //! Commit with its warning; Re-protect showing the direction and the resources; Protected
-//! again, the other way. Screenshots of each step go to `<target>/test-artifacts/portal/`.
+//! again, the other way; a DR drill (test failover, cleanup with notes). Screenshots of each step go to `<target>/test-artifacts/portal/`.
 
 mod common;
 
@@ -238,10 +238,40 @@ fn tutorial_in_the_browser() {
     assert!(b.exists("#op-failover") && !b.exists("#op-commit"));
     b.screenshot("overview-reprotected");
 
+    // A DR drill from the primary region's points, cleaned up with notes.
+    b.click("#op-test-failover");
+    b.click("#point-latest-processed");
+    b.screenshot("test-failover-dialog");
+    confirm_and_wait(&mut b, "test-failover");
+    b.click("#job-vm");
+    b.wait_text("#item-state", "Test failover done", Duration::from_secs(10));
+    assert!(
+        b.text("#drill").contains("from point"),
+        "{}",
+        b.text("#drill")
+    );
+    b.click("#op-cleanup-test-failover");
+    b.type_into("#drill-notes", "app answered on its test IP");
+    confirm_and_wait(&mut b, "cleanup-test-failover");
+    b.click("#job-vm");
+    b.wait_text("#item-state", "Protected", Duration::from_secs(10));
+    b.wait_text(
+        "#last-drill",
+        "app answered on its test IP",
+        Duration::from_secs(5),
+    );
+    b.screenshot("overview-after-drill");
+
     // Jobs page, then sign out: nothing readable again.
     b.goto(&format!("{base}/portal/jobs"));
     let jobs = b.text("#jobs");
-    for op in ["Failover", "Commit", "Re-protect"] {
+    for op in [
+        "Failover",
+        "Commit",
+        "Re-protect",
+        "Test failover",
+        "Cleanup test failover",
+    ] {
         assert!(jobs.contains(op), "{jobs}");
     }
     b.click("#logout");

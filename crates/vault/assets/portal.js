@@ -16,4 +16,6 @@
     while (list.children.length > 12) { list.removeChild(list.lastChild); }
     if (n.id) { box.dataset.since = String(n.id); }
   });
+  // Leaving the page ends its stream at once: a browser holds few connections per host.
+  window.addEventListener("pagehide", function () { es.close(); });
 })();

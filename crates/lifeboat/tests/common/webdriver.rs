@@ -20,6 +20,7 @@ pub struct Browser {
     /// Where screenshots go.
     pub shots: PathBuf,
     n: usize,
+    started: Instant,
     _profile: tempfile::TempDir,
     _procs: Procs,
 }
@@ -70,6 +71,7 @@ impl Browser {
             session,
             shots: shots.to_path_buf(),
             n: 0,
+            started: Instant::now(),
             _profile: profile,
             _procs: procs,
         }
@@ -201,6 +203,11 @@ impl Browser {
             .expect("screenshot is base64");
         let path = self.shots.join(format!("{:02}-{name}.png", self.n));
         std::fs::write(&path, png).expect("write screenshot");
+        eprintln!(
+            "[{:6.1} s] screenshot {}",
+            self.started.elapsed().as_secs_f64(),
+            path.display()
+        );
         path
     }
 }

@@ -70,9 +70,9 @@ pub(super) async fn dialog(
             o,
             html! {
                 p { "Removes the drill's copy of VM " (vm) " and records the drill." }
-                label for="notes" { "Notes" }
+                label for="drill-notes" { "Notes" }
                 br;
-                textarea #notes name="notes" rows="4" cols="60" {}
+                textarea #drill-notes name="notes" rows="4" cols="60" {}
             },
         ),
         _ => confirm_form(
