@@ -4,7 +4,7 @@
 //! and Healthy in Replicated items; its overview offers Failover and not Commit, and a forced
 //! Commit shows the vault's message; Failover with Latest processed and "Shut down machine",
 //! the notifications (started ... succeeded) arriving live; the guest resumes at the secondary;
-//! Commit with its warning; Re-protect showing the direction and the resources; Protected
+//! Change recovery point to a Custom point; Commit with its warning; Re-protect showing the direction and the resources; Protected
 //! again, the other way; a DR drill (test failover, cleanup with notes). Screenshots of each step go to `<target>/test-artifacts/portal/`.
 
 mod common;
@@ -207,6 +207,26 @@ fn tutorial_in_the_browser() {
     assert_eq!(b.text("#active-region"), "secondary");
     assert!(b.exists("#op-commit") && !b.exists("#op-failover"));
     b.screenshot("overview-failed-over");
+
+    // Change recovery point: Custom, the second newest point of the list.
+    b.click("#op-change-recovery-point");
+    b.click("#point-custom");
+    let chosen = b
+        .exec("var o = document.querySelectorAll('#custom-point option'); return o.length > 1 ? o[1].value : null;");
+    let chosen = chosen
+        .as_str()
+        .expect("at least two points listed")
+        .to_string();
+    b.click("#custom-point option:nth-child(2)");
+    b.screenshot("change-recovery-point-dialog");
+    confirm_and_wait(&mut b, "change-recovery-point");
+    assert!(
+        b.text("#job-panel").contains(&chosen),
+        "{}",
+        b.text("#job-panel")
+    );
+    b.click("#job-vm");
+    b.wait_text("#item-state", "Failed over", Duration::from_secs(10));
 
     // Commit, with the warning.
     b.click("#op-commit");
