@@ -100,7 +100,7 @@ pub async fn serve(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
     let addr = listener.local_addr().context("the vault's address")?;
-    tracing::info!(listen = %addr, "vault serving");
+    tracing::info!(listen = %addr, portal = %format!("http://{addr}/portal/"), "vault serving");
     let cutter = tokio::spawn(lifeboat_vault::groups::run_cutter(vault.clone()));
     let _stop_cutter = AbortOnDrop(cutter);
     axum::serve(listener, api::router(vault, token))

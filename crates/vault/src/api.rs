@@ -41,7 +41,7 @@ fn body<T: DeserializeOwned>(what: &str, bytes: &Bytes) -> Result<T, VaultError>
 }
 
 /// Equal in time whatever the contents (tokens are compared this way).
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -65,6 +65,7 @@ pub fn router(vault: Vault, token: String) -> Router {
         vault,
         token: Arc::new(token),
     };
+    let portal = crate::portal::router(st.vault.clone(), st.token.clone());
     let api = Router::new()
         .route("/api/regions", get(list_regions).post(add_region))
         .route("/api/hosts", get(list_hosts).post(register_host))
@@ -104,6 +105,7 @@ pub fn router(vault: Vault, token: String) -> Router {
         .with_state(st);
     Router::new()
         .route("/api/openapi.json", get(openapi))
+        .merge(portal)
         .merge(api)
         .fallback(not_found)
 }

@@ -59,6 +59,7 @@ pub mod model;
 pub mod plan;
 pub mod plan_run;
 mod plan_script;
+pub mod portal;
 pub mod reprotect;
 pub mod service;
 

@@ -1073,19 +1073,22 @@ impl Vault {
                 "SELECT id, at, level, vm, job, message FROM events WHERE id > ?1
                  ORDER BY id LIMIT ?2",
                 params![since, limit],
-                |r| {
-                    Ok(Event {
-                        id: r.get(0)?,
-                        at: r.get(1)?,
-                        level: r.get(2)?,
-                        vm: r.get(3)?,
-                        job: r.get(4)?,
-                        message: r.get(5)?,
-                    })
-                },
+                event_of,
             )
         })
     }
+}
+
+/// An event from a row of `SELECT id, at, level, vm, job, message FROM events`.
+pub(crate) fn event_of(r: &Row<'_>) -> rusqlite::Result<Event> {
+    Ok(Event {
+        id: r.get(0)?,
+        at: r.get(1)?,
+        level: r.get(2)?,
+        vm: r.get(3)?,
+        job: r.get(4)?,
+        message: r.get(5)?,
+    })
 }
 
 pub(crate) fn read_item(tx: &Transaction<'_>, vm: &str) -> Result<Item, VaultError> {

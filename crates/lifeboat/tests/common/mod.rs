@@ -176,3 +176,4 @@ pub fn sparse_image(path: &Path, len: u64) {
     f.set_len(len).expect("size image");
 }
 pub mod cluster;
+pub mod webdriver;
