@@ -761,24 +761,26 @@ async fn shutdown_source(
     } else {
         body("shutdown", &b)?
     };
-    let _one = a.ops.lock().await;
+    let t = Duration::from_secs(req.timeout_secs.clamp(1, 600));
+    // The guest may take the whole timeout to power off: the agent-wide lock is held only to
+    // find the VM and persist that it should be stopped (a restart then leaves it stopped),
+    // so that several VMs (a group's or a plan's failover) shut down at once. Starting the
+    // same VM meanwhile waits for its QEMU slot.
+    let one = a.ops.lock().await;
     let rec = lock(&a.recovered).get(&vm).cloned();
     if let Some(r) = rec {
-        let t = Duration::from_secs(req.timeout_secs.clamp(1, 600));
+        drop(one);
         return Ok(Json(r.shutdown(t).await.map_err(failed)?));
     }
     let e = find(&a.sources, "source", &vm)?;
-    let ans =
-        e.vm.shutdown(Duration::from_secs(req.timeout_secs.clamp(1, 600)))
-            .await
-            .map_err(failed)?;
     let st = {
         let mut s = lock(&e.state);
         s.running = false;
         s.clone()
     };
     write_json(&file(&a.cfg.data, "sources", &vm), &st).map_err(failed)?;
-    Ok(Json(ans))
+    drop(one);
+    Ok(Json(e.vm.shutdown(t).await.map_err(failed)?))
 }
 
 async fn get_replica(
