@@ -169,15 +169,14 @@ impl Vault {
         }
         let now = now_ms();
         self.db.tx("creating a replication group", |tx| {
-            let exists: Option<String> = tx
-                .query_row(
-                    "SELECT name FROM replication_groups WHERE name = ?1",
-                    params![g.name],
-                    |r| r.get(0),
+            // Created first (the transaction undoes it if a VM is refused below).
+            let created = tx
+                .execute(
+                    "INSERT OR IGNORE INTO replication_groups (name, created_at) VALUES (?1, ?2)",
+                    params![g.name, now],
                 )
-                .optional()
-                .map_err(sql("reading replication groups"))?;
-            if exists.is_some() {
+                .map_err(sql("creating a replication group"))?;
+            if created == 0 {
                 return Err(VaultError::Exists {
                     kind: "replication group",
                     name: g.name.clone(),
@@ -244,11 +243,6 @@ impl Vault {
                     first = Some(item);
                 }
             }
-            tx.execute(
-                "INSERT INTO replication_groups (name, created_at) VALUES (?1, ?2)",
-                params![g.name, now],
-            )
-            .map_err(sql("creating a replication group"))?;
             for vm in &g.vms {
                 tx.execute(
                     "UPDATE items SET replication_group = ?1, updated_at = ?2 WHERE vm = ?3",
@@ -418,6 +412,24 @@ impl Vault {
             )
         })?;
         Ok(rows.into_iter().map(to_cut).collect())
+    }
+
+    /// The time (ns) of the group's newest cut of each kind, by kind name: what the schedule
+    /// needs, read without listing every cut.
+    fn newest_cuts(&self, name: &str) -> Result<HashMap<String, u64>, VaultError> {
+        let rows: Vec<(String, i64)> = self.db.tx("reading a group's newest cuts", |tx| {
+            query_rows(
+                tx,
+                "reading a group's newest cuts",
+                "SELECT kind, MAX(time_ns) FROM group_cuts WHERE grp = ?1 GROUP BY kind",
+                params![name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|(k, ns)| (k, ns.max(0) as u64))
+            .collect())
     }
 
     /// The group's cuts with each member's recovery point of it (from the target store),
@@ -806,13 +818,13 @@ pub async fn run_cutter(vault: Vault) {
             let Ok((_, _, policy)) = vault.item_store(first) else {
                 continue;
             };
-            let Ok(cuts) = vault.group_cuts(&g.name) else {
+            let Ok(newest) = vault.newest_cuts(&g.name) else {
                 continue;
             };
             let at = |k: CheckpointKind| {
-                cuts.iter()
-                    .find(|c| c.kind == k.to_string())
-                    .map(|c| UNIX_EPOCH + Duration::from_nanos(c.time_ns))
+                newest
+                    .get(&k.to_string())
+                    .map(|ns| UNIX_EPOCH + Duration::from_nanos(*ns))
             };
             let due = lifeboat_policy::due_checkpoints(
                 at(CheckpointKind::CrashConsistent),
