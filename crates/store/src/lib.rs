@@ -92,9 +92,11 @@
 //! [`StoreError::Fenced`] (the VM failed over; that host must stop replicating); newer → that
 //! epoch's object is created. The segment is put create-only: the same segment again is
 //! [`SegmentPut::AlreadyStored`] (no duplicate effect, so shipping can retry after any crash);
-//! different bytes under the same key are a [`StoreError::SegmentConflict`]. After writing,
-//! the epoch is read again: if a failover raised it meanwhile, the segment is deleted and the
-//! put is fenced. A segment that starts at or before the last record already stored under
+//! different bytes under the same key are a [`StoreError::SegmentConflict`]. A put that races
+//! with a failover's epoch raise (it checked the epoch before the raise, its object appeared
+//! after) is kept and counts as stored before the fence: taking it back could delete records
+//! that the failover's processing already read into a point (a hole in that point); the
+//! source's next segment is refused. A segment that starts at or before the last record already stored under
 //! other keys is deleted again and refused ([`StoreError::SegmentMismatch`]): two versions of
 //! the same records never coexist.
 //!

@@ -589,16 +589,12 @@ impl Store {
         ));
         match self.backend.put(&key, stored, PutMode::Create).await? {
             PutOutcome::Written => {
-                // A failover may have raised the epoch while we wrote: take our segment back.
-                let now = self.epoch(vm).await?;
-                if now > epoch {
-                    self.backend.delete(&key).await?;
-                    return Err(StoreError::Fenced {
-                        vm: vm.clone(),
-                        segment_epoch: epoch,
-                        store_epoch: now,
-                    });
-                }
+                // A failover may have raised the epoch while we wrote. The segment is NOT taken
+                // back: the failover's processing (or the replica's) may already have read it
+                // and cut a point from its records, and deleting it would leave that point
+                // reading a hole. The put is linearized before the fence instead (its records
+                // are acknowledged writes of the source, in order); the source's next segment
+                // is refused.
                 // A segment that overlaps stored records (under another key) would give two
                 // versions of the same records: take it back.
                 if let Some(end) = stored_end.filter(|e| first_seq <= *e) {

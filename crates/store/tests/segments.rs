@@ -300,3 +300,94 @@ async fn commit_summarizes_what_was_written_after_a_point_unless_a_record_is_mis
         "{rep:?}"
     );
 }
+
+/// A backend that, right after a segment object appears, does what a failover does at that
+/// instant: raises the VM's epoch and processes (reads) the segment.
+#[derive(Debug)]
+struct FenceAfterSegmentPut {
+    inner: std::sync::Arc<dyn lifeboat_store::Backend>,
+    read_by_processing: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl lifeboat_store::Backend for FenceAfterSegmentPut {
+    async fn put(
+        &self,
+        key: &str,
+        data: Bytes,
+        mode: lifeboat_store::PutMode,
+    ) -> lifeboat_store::Result<lifeboat_store::PutOutcome> {
+        let out = self.inner.put(key, data, mode).await?;
+        if let Some(vm) = key
+            .strip_prefix("vms/")
+            .and_then(|r| r.split_once("/segments/"))
+            .map(|(vm, _)| VmId::new(vm).unwrap())
+        {
+            let failover = lifeboat_store::Store::new(self.inner.clone(), small_config()).unwrap();
+            let now = failover.epoch(&vm).await?;
+            failover.bump_epoch(&vm, Epoch(now.0 + 1)).await?;
+            for seg in failover.list_segments(&vm).await? {
+                failover.read_segment(&vm, &seg).await?;
+                self.read_by_processing.lock().unwrap().push(seg.key);
+            }
+        }
+        Ok(out)
+    }
+    async fn get(&self, key: &str) -> lifeboat_store::Result<Bytes> {
+        self.inner.get(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> lifeboat_store::Result<Bytes> {
+        self.inner.get_range(key, range).await
+    }
+    async fn head(&self, key: &str) -> lifeboat_store::Result<Option<lifeboat_store::ObjectInfo>> {
+        self.inner.head(key).await
+    }
+    async fn list(&self, prefix: &str) -> lifeboat_store::Result<Vec<lifeboat_store::ObjectInfo>> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> lifeboat_store::Result<()> {
+        self.inner.delete(key).await
+    }
+    fn describe(&self) -> String {
+        format!("fence-after-segment-put over {}", self.inner.describe())
+    }
+}
+
+/// The CI failure of 2026-11-28: a failover raised the epoch between a segment's epoch check
+/// and its object appearing; the put took the segment back, after the failover's processing had
+/// listed it ("store object ... not found"), and could as well have deleted records a point was
+/// already cut from. Such a segment stays: it is stored before the fence, and only the source's
+/// next segment is refused.
+#[tokio::test]
+async fn a_segment_racing_a_fence_stays_readable_and_the_next_is_refused() {
+    let backend = std::sync::Arc::new(FenceAfterSegmentPut {
+        inner: memory_backend(),
+        read_by_processing: Default::default(),
+    });
+    let store = lifeboat_store::Store::new(backend.clone(), small_config()).unwrap();
+    let v = vm("raced");
+    let put = store
+        .put_segment(&v, Epoch(1), Seq(1), Seq(10), segment(&v, 1, 1, 10))
+        .await
+        .unwrap();
+    assert_eq!(put, SegmentPut::Stored);
+    assert_eq!(store.epoch(&v).await.unwrap(), Epoch(2));
+    let key = "vms/raced/segments/00000000000000000001-00000000000000000010.lbj";
+    assert_eq!(backend.read_by_processing.lock().unwrap().as_slice(), [key]);
+    // What processing read is still there, whole.
+    let segs = store.list_segments(&v).await.unwrap();
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    let (_, records) = store.read_segment(&v, &segs[0]).await.unwrap();
+    assert_eq!(records.len(), 10);
+    // The source is fenced from its next segment on.
+    let e = store
+        .put_segment(&v, Epoch(1), Seq(11), Seq(15), segment(&v, 1, 11, 5))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Fenced { .. }), "{e}");
+    assert_eq!(store.list_segments(&v).await.unwrap().len(), 1);
+}
