@@ -97,8 +97,9 @@
 //! after) is kept and counts as stored before the fence: taking it back could delete records
 //! that the failover's processing already read into a point (a hole in that point); the
 //! source's next segment is refused. A segment that starts at or before the last record already stored under
-//! other keys is deleted again and refused ([`StoreError::SegmentMismatch`]): two versions of
-//! the same records never coexist.
+//! other keys is refused before it is written ([`StoreError::SegmentMismatch`]): two versions
+//! of the same records never coexist, and no segment is ever written and deleted again (a
+//! processor could read it in between).
 //!
 //! Epochs are create-only objects (`epochs/<n>`), never rewritten: [`Store::bump_epoch`] needs
 //! no compare-and-swap, and of two failovers racing to the same epoch exactly one learns it

@@ -582,7 +582,21 @@ impl Store {
         if epoch > store_epoch {
             self.write_epoch(vm, epoch).await?;
         }
-        let stored_end = self.stored_segment_end(vm).await?;
+        // A segment that overlaps stored records (under another key) would give two versions
+        // of the same records: refused before anything is written (a segment written, then
+        // deleted again, could be read by processing in between). The same segment again is
+        // the idempotent retry below.
+        if let Some(end) = self
+            .stored_segment_end(vm)
+            .await?
+            .filter(|e| first_seq <= *e)
+        {
+            if self.backend.head(&key).await?.is_none() {
+                return Err(mismatch(format!(
+                    "it overlaps records already stored (through {end}) under other keys"
+                )));
+            }
+        }
         let stored = Bytes::from(format::encode_stored_segment(
             &bytes,
             self.config.zstd_level,
@@ -595,14 +609,6 @@ impl Store {
                 // reading a hole. The put is linearized before the fence instead (its records
                 // are acknowledged writes of the source, in order); the source's next segment
                 // is refused.
-                // A segment that overlaps stored records (under another key) would give two
-                // versions of the same records: take it back.
-                if let Some(end) = stored_end.filter(|e| first_seq <= *e) {
-                    self.backend.delete(&key).await?;
-                    return Err(mismatch(format!(
-                        "it overlaps records already stored (through {end}) under other keys"
-                    )));
-                }
                 if let Ok(mut m) = self.segment_ends.lock() {
                     let e = m.entry(vm.clone()).or_insert(last_seq);
                     *e = (*e).max(last_seq);

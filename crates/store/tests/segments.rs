@@ -301,11 +301,14 @@ async fn commit_summarizes_what_was_written_after_a_point_unless_a_record_is_mis
     );
 }
 
-/// A backend that, right after a segment object appears, does what a failover does at that
-/// instant: raises the VM's epoch and processes (reads) the segment.
+/// A backend that records the segment objects put, and (with `fence`), right after a segment
+/// object appears, does what a failover does at that instant: raises the VM's epoch and
+/// processes (reads) the segment.
 #[derive(Debug)]
 struct FenceAfterSegmentPut {
     inner: std::sync::Arc<dyn lifeboat_store::Backend>,
+    fence: bool,
+    segments_put: std::sync::Mutex<Vec<String>>,
     read_by_processing: std::sync::Mutex<Vec<String>>,
 }
 
@@ -318,10 +321,14 @@ impl lifeboat_store::Backend for FenceAfterSegmentPut {
         mode: lifeboat_store::PutMode,
     ) -> lifeboat_store::Result<lifeboat_store::PutOutcome> {
         let out = self.inner.put(key, data, mode).await?;
+        if key.contains("/segments/") {
+            self.segments_put.lock().unwrap().push(key.to_string());
+        }
         if let Some(vm) = key
             .strip_prefix("vms/")
             .and_then(|r| r.split_once("/segments/"))
             .map(|(vm, _)| VmId::new(vm).unwrap())
+            .filter(|_| self.fence)
         {
             let failover = lifeboat_store::Store::new(self.inner.clone(), small_config()).unwrap();
             let now = failover.epoch(&vm).await?;
@@ -366,6 +373,8 @@ impl lifeboat_store::Backend for FenceAfterSegmentPut {
 async fn a_segment_racing_a_fence_stays_readable_and_the_next_is_refused() {
     let backend = std::sync::Arc::new(FenceAfterSegmentPut {
         inner: memory_backend(),
+        fence: true,
+        segments_put: Default::default(),
         read_by_processing: Default::default(),
     });
     let store = lifeboat_store::Store::new(backend.clone(), small_config()).unwrap();
@@ -389,5 +398,44 @@ async fn a_segment_racing_a_fence_stays_readable_and_the_next_is_refused() {
         .await
         .unwrap_err();
     assert!(matches!(e, StoreError::Fenced { .. }), "{e}");
+    assert_eq!(store.list_segments(&v).await.unwrap().len(), 1);
+}
+
+/// An overlapping segment is refused before it is written: a segment written and deleted again
+/// could be read by processing in between.
+#[tokio::test]
+async fn an_overlapping_segment_is_never_written() {
+    let backend = std::sync::Arc::new(FenceAfterSegmentPut {
+        inner: memory_backend(),
+        fence: false,
+        segments_put: Default::default(),
+        read_by_processing: Default::default(),
+    });
+    let store = lifeboat_store::Store::new(backend.clone(), small_config()).unwrap();
+    let v = vm("overlap");
+    let first = segment(&v, 1, 1, 10);
+    let put = |first_seq: u64, n: u64, bytes: Bytes| {
+        let store = store.clone();
+        let v = v.clone();
+        async move {
+            let last = Seq(first_seq + n - 1);
+            store
+                .put_segment(&v, Epoch(1), Seq(first_seq), last, bytes)
+                .await
+        }
+    };
+    assert_eq!(put(1, 10, first.clone()).await.unwrap(), SegmentPut::Stored);
+    let e = put(5, 10, segment(&v, 1, 5, 10)).await.unwrap_err();
+    assert!(
+        e.to_string().contains("overlaps records already stored"),
+        "{e}"
+    );
+    // The retry of the stored segment is still idempotent.
+    assert_eq!(put(1, 10, first).await.unwrap(), SegmentPut::AlreadyStored);
+    let seen = backend.segments_put.lock().unwrap().clone();
+    assert!(
+        !seen.iter().any(|k| k.contains("00000000000000000005-")),
+        "the overlapping segment was written: {seen:?}"
+    );
     assert_eq!(store.list_segments(&v).await.unwrap().len(), 1);
 }

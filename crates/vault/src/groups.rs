@@ -21,7 +21,8 @@
 //! Any failure releases what is held and records nothing. A cut is recorded (`group_cuts`: its
 //! time, kind, and each member's marker position) only when every member committed. Members'
 //! agents cut no points of their own (their `Protection.group` is set), so all members have the
-//! same point times and retention thins them alike.
+//! same point times and retention thins them alike. A cut older than the policy's retention
+//! (plus an hour) has no points left and is forgotten when the next cut is recorded.
 //!
 //! ## Failing over a group
 //!
@@ -134,6 +135,11 @@ fn to_cut((id, time_ns, kind, members): (i64, i64, String, String)) -> GroupCut 
         members: serde_json::from_str(&members).unwrap_or_default(),
     }
 }
+
+/// How long a cut is remembered past the policy's retention (its points are gone by then).
+const CUT_AGE_MARGIN: Duration = Duration::from_secs(3600);
+/// How long a cut is remembered when the group's policy cannot be read (the longest retention).
+const MAX_CUT_AGE: Duration = Duration::from_secs(31 * 24 * 3600);
 
 /// The protection a source gets for `item`: its target store, epoch, policy intervals and group.
 pub(crate) fn protection(
@@ -638,6 +644,14 @@ impl Vault {
         let (time_ns, members) = result?;
         let members_json =
             serde_json::to_string(&members).map_err(|e| VaultError::BadRequest(e.to_string()))?;
+        // Cuts older than the policy's retention have no points left: forgotten here.
+        let retention = group
+            .vms
+            .first()
+            .and_then(|vm| self.item_store(vm).ok())
+            .map_or(MAX_CUT_AGE, |(_, _, p)| p.retention + CUT_AGE_MARGIN);
+        let forget_before =
+            time_ns.saturating_sub(retention.as_nanos().min(u64::MAX as u128) as u64);
         let id = self.db.tx("recording a cut", |tx| {
             tx.execute(
                 "INSERT INTO group_cuts (grp, time_ns, kind, members, created_at)
@@ -651,7 +665,9 @@ impl Vault {
                 ],
             )
             .map_err(sql("recording a cut"))?;
-            Ok(tx.last_insert_rowid())
+            let id = tx.last_insert_rowid();
+            forget_cuts(tx, name, forget_before)?;
+            Ok(id)
         })?;
         Ok(to_cut((id, time_ns as i64, kind.to_string(), members_json)))
     }
@@ -804,6 +820,19 @@ pub fn choose_group_point<'a>(
     })
 }
 
+/// Forgets `group`'s cuts taken before `before_ns`; returns how many.
+fn forget_cuts(
+    tx: &rusqlite::Transaction<'_>,
+    group: &str,
+    before_ns: u64,
+) -> Result<usize, VaultError> {
+    tx.execute(
+        "DELETE FROM group_cuts WHERE grp = ?1 AND time_ns < ?2",
+        params![group, i64::try_from(before_ns).unwrap_or(i64::MAX)],
+    )
+    .map_err(sql("forgetting old cuts"))
+}
+
 /// Cuts every group's points on its policy's schedule, until the process ends: the group's
 /// crash-consistent interval and app-consistent frequency, as an agent does for a lone VM.
 pub async fn run_cutter(vault: Vault) {
@@ -915,6 +944,51 @@ mod tests {
             .expect_err("none complete")
             .to_string();
         assert!(e.contains("no latest-multi-vm-processed point"), "{e}");
+    }
+
+    #[test]
+    fn old_cuts_are_forgotten_and_other_groups_kept() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = crate::db::Db::open(&dir.path().join("v.db")).expect("db");
+        let count = |g: &str| {
+            db.tx("count", |tx| {
+                tx.query_row(
+                    "SELECT COUNT(*) FROM group_cuts WHERE grp = ?1",
+                    params![g],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(sql("count"))
+            })
+            .expect("count")
+        };
+        db.tx("setup", |tx| {
+            for g in ["g", "h"] {
+                tx.execute(
+                    "INSERT INTO replication_groups (name, created_at) VALUES (?1, 0)",
+                    params![g],
+                )
+                .map_err(sql("group"))?;
+                for t in [10_i64, 20, 30] {
+                    tx.execute(
+                        "INSERT INTO group_cuts (grp, time_ns, kind, members, created_at)
+                         VALUES (?1, ?2, 'crash-consistent', '[]', 0)",
+                        params![g, t],
+                    )
+                    .map_err(sql("cut"))?;
+                }
+            }
+            Ok(())
+        })
+        .expect("setup");
+        let n = db
+            .tx("forget", |tx| forget_cuts(tx, "g", 20))
+            .expect("forget");
+        assert_eq!(n, 1);
+        assert_eq!((count("g"), count("h")), (2, 3));
+        let n = db
+            .tx("forget", |tx| forget_cuts(tx, "g", u64::MAX))
+            .expect("forget all");
+        assert_eq!((n, count("g"), count("h")), (2, 0, 3));
     }
 
     #[test]
