@@ -184,7 +184,7 @@ pub fn encode_chunk_parts(plain: Bytes, id: &ObjectId, level: i32) -> [Bytes; 2]
 /// zstd of a chunk, unless it is not worth it (see [`encode_chunk`]).
 pub(crate) fn compress_chunk(plain: &[u8], level: i32) -> Option<Vec<u8>> {
     worth_compressing(plain, level)
-        .then(|| zstd::bulk::compress(plain, level).ok())
+        .then(|| zstd_compress(plain, level))
         .flatten()
         .filter(|c| c.len() < plain.len())
 }
@@ -222,7 +222,7 @@ pub const MAX_SEGMENT_BYTES: u64 = 1 << 30;
 /// records' headers and compressible data), else the journal's own bytes unchanged.
 pub fn encode_stored_segment(plain: &[u8], level: i32) -> Vec<u8> {
     let compressed = worth_compressing(plain, level)
-        .then(|| zstd::bulk::compress(plain, level).ok())
+        .then(|| zstd_compress(plain, level))
         .flatten()
         .filter(|c| (c.len() + SEGMENT_Z_HEADER_LEN) * 100 < plain.len() * 97);
     match compressed {
@@ -289,7 +289,26 @@ fn worth_compressing(plain: &[u8], level: i32) -> bool {
     let step = (plain.len() - SAMPLE) / (SAMPLES - 1);
     (0..SAMPLES).any(|i| {
         let sample = &plain[i * step..i * step + SAMPLE];
-        zstd::bulk::compress(sample, level).is_ok_and(|c| c.len() * 100 < SAMPLE * 97)
+        zstd_compress(sample, level).is_some_and(|c| c.len() * 100 < SAMPLE * 97)
+    })
+}
+
+thread_local! {
+    /// This thread's zstd compression context and its level: creating a context per call was
+    /// 2% of a seed's CPU (eight samples per chunk).
+    static COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// zstd of `data` at `level` (`None`: zstd failed), with this thread's reused context.
+fn zstd_compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.try_borrow_mut().ok()?;
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        let (_, c) = slot.as_mut()?;
+        c.compress(data).ok()
     })
 }
 
