@@ -102,17 +102,7 @@ async fn prepare(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_during_processing_and_gc_loses_no_point() {
-    let seed = std::env::var("KILL9_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("KILL9_SEED={seed}");
+    let seed = lifeboat_testkit::test_seed("KILL9_SEED");
     let mut rng = Rng(seed);
     let dir = lifeboat_testkit::tempdir();
     let store_s = dir.path().join("store").to_string_lossy().into_owned();

@@ -146,17 +146,7 @@ async fn kill9_during_a_seed_leaves_no_point_with_a_missing_chunk() {
         tokio::task::block_in_place(|| child(&spec));
         return;
     }
-    let seed = std::env::var("KILL9_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("KILL9_SEED={seed}");
+    let seed = lifeboat_testkit::test_seed("KILL9_SEED");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
     let st = dir.path().join("store");

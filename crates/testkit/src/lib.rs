@@ -268,6 +268,22 @@ pub fn kvm_usable() -> bool {
         .is_ok()
 }
 
+/// The seed of a randomized test: the environment variable `var` if it is set (to replay a
+/// failure), else one from the clock. Printed, so that a failing run names it.
+pub fn test_seed(var: &str) -> u64 {
+    let seed = std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1
+        });
+    eprintln!("{var}={seed}");
+    seed
+}
+
 /// A fresh temporary directory for one test (kept after the test, for its logs, when
 /// `LIFEBOAT_KEEP_TEST_DIRS` is set).
 pub fn tempdir() -> tempfile::TempDir {
