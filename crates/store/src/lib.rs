@@ -92,14 +92,15 @@
 //! [`StoreError::Fenced`] (the VM failed over; that host must stop replicating); newer → that
 //! epoch's object is created. The segment is put create-only: the same segment again is
 //! [`SegmentPut::AlreadyStored`] (no duplicate effect, so shipping can retry after any crash);
-//! different bytes under the same key are a [`StoreError::SegmentConflict`]. A put that races
-//! with a failover's epoch raise (it checked the epoch before the raise, its object appeared
-//! after) is kept and counts as stored before the fence: taking it back could delete records
-//! that the failover's processing already read into a point (a hole in that point); the
-//! source's next segment is refused. A segment that starts at or before the last record already stored under
-//! other keys is refused before it is written ([`StoreError::SegmentMismatch`]): two versions
-//! of the same records never coexist, and no segment is ever written and deleted again (a
-//! processor could read it in between).
+//! different bytes under the same key are a [`StoreError::SegmentConflict`]. After writing,
+//! the epoch is read again: a put that raced with a failover's epoch raise (it checked the
+//! epoch before the raise, its object appeared after) is reported [`StoreError::Fenced`], so
+//! the source keeps it in its spool, but the object is **not** taken back: the failover's
+//! processing may already have read it into a point, which would then read a hole. A segment
+//! that starts at or before the last record already stored under other keys is refused before
+//! it is written ([`StoreError::SegmentMismatch`]): two versions of the same records never
+//! coexist, and no segment is ever written and deleted again (a processor could read it in
+//! between).
 //!
 //! Epochs are create-only objects (`epochs/<n>`), never rewritten: [`Store::bump_epoch`] needs
 //! no compare-and-swap, and of two failovers racing to the same epoch exactly one learns it

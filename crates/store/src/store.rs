@@ -603,15 +603,23 @@ impl Store {
         ));
         match self.backend.put(&key, stored, PutMode::Create).await? {
             PutOutcome::Written => {
-                // A failover may have raised the epoch while we wrote. The segment is NOT taken
-                // back: the failover's processing (or the replica's) may already have read it
-                // and cut a point from its records, and deleting it would leave that point
-                // reading a hole. The put is linearized before the fence instead (its records
-                // are acknowledged writes of the source, in order); the source's next segment
-                // is refused.
                 if let Ok(mut m) = self.segment_ends.lock() {
                     let e = m.entry(vm.clone()).or_insert(last_seq);
                     *e = (*e).max(last_seq);
+                }
+                // A failover may have raised the epoch while we wrote. The segment is NOT taken
+                // back: the failover's processing may already have read it and cut a point from
+                // its records, and deleting it would leave that point reading a hole. It stays,
+                // and the put is reported fenced all the same, so that the source keeps it in
+                // its spool: re-protect's divergence (the store's summary and the old source's
+                // spool) then covers its records whether or not processing or commit saw them.
+                let now = self.epoch(vm).await?;
+                if now > epoch {
+                    return Err(StoreError::Fenced {
+                        vm: vm.clone(),
+                        segment_epoch: epoch,
+                        store_epoch: now,
+                    });
                 }
                 Ok(SegmentPut::Stored)
             }

@@ -367,10 +367,10 @@ impl lifeboat_store::Backend for FenceAfterSegmentPut {
 /// The CI failure of 2026-11-28: a failover raised the epoch between a segment's epoch check
 /// and its object appearing; the put took the segment back, after the failover's processing had
 /// listed it ("store object ... not found"), and could as well have deleted records a point was
-/// already cut from. Such a segment stays: it is stored before the fence, and only the source's
-/// next segment is refused.
+/// already cut from. Such a segment stays in the store (what processing read is still there),
+/// and the put is reported fenced (the source keeps it in its spool).
 #[tokio::test]
-async fn a_segment_racing_a_fence_stays_readable_and_the_next_is_refused() {
+async fn a_segment_racing_a_fence_stays_readable_and_is_reported_fenced() {
     let backend = std::sync::Arc::new(FenceAfterSegmentPut {
         inner: memory_backend(),
         fence: true,
@@ -379,11 +379,11 @@ async fn a_segment_racing_a_fence_stays_readable_and_the_next_is_refused() {
     });
     let store = lifeboat_store::Store::new(backend.clone(), small_config()).unwrap();
     let v = vm("raced");
-    let put = store
+    let e = store
         .put_segment(&v, Epoch(1), Seq(1), Seq(10), segment(&v, 1, 1, 10))
         .await
-        .unwrap();
-    assert_eq!(put, SegmentPut::Stored);
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Fenced { .. }), "{e}");
     assert_eq!(store.epoch(&v).await.unwrap(), Epoch(2));
     let key = "vms/raced/segments/00000000000000000001-00000000000000000010.lbj";
     assert_eq!(backend.read_by_processing.lock().unwrap().as_slice(), [key]);
