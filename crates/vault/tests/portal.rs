@@ -1,7 +1,11 @@
 //! The portal over loopback HTTP, without a browser (the browser walk is
 //! `crates/lifeboat/tests/portal.rs`): the session cookie, redirects to the login page, CSRF,
 //! a forced wrong-state operation answered with the vault's message, a failover started from
-//! its form, clear errors for bad parameters, the notifications stream, sign-out.
+//! its form, clear errors for bad parameters, the notifications stream, sign-out; replication
+//! group and recovery plan pages (members, steps, forced wrong-state POSTs showing the vault's
+//! message, CSRF on their forms), a plan drill waiting at its manual action and confirmed, a
+//! failed plan step retried and skipped; a session surviving a vault restart (stored hashed);
+//! the sixth bad login within a minute throttled.
 
 mod common;
 
@@ -662,4 +666,61 @@ async fn the_sixth_bad_login_within_a_minute_is_throttled() {
     );
     let (s, _, page) = login(TOKEN).await;
     assert_eq!(s, 429, "even the right token waits: {page}");
+}
+
+#[tokio::test]
+async fn a_failed_plan_step_offers_retry_and_skip() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = serve(&dir.path().join("v.db"), Arc::new(AllSucceed)).await;
+    setup(&api).await;
+    protect(&api, &["web-1"]).await;
+    api.ok(
+        "POST",
+        "/api/plans",
+        json!({"name": "p", "groups": [{"vms": ["web-1"], "pre": [{"script": {
+            "name": "warm cache", "command": "echo cache cold >&2; exit 3",
+            "timeout_secs": 5, "on": ["test-failover"]}}]}]}),
+    )
+    .await;
+    let b = signed_in(&api.base).await;
+    let (_, _, page) = b.get("/portal/plans/p").await;
+    let token = csrf(&page);
+    let (s, run, _) = b
+        .post("/portal/plans/p/test-failover", &format!("csrf={token}"))
+        .await;
+    assert_eq!(s, 303);
+    let page = wait_page(&b, &run, "data-status=\"failed\"").await;
+    assert!(
+        page.contains("id=\"run-retry\"")
+            && page.contains("id=\"run-skip\"")
+            && !page.contains("id=\"run-confirm\""),
+        "{page}"
+    );
+    assert!(
+        page.contains("exited with status 3") && page.contains("cache cold"),
+        "{page}"
+    );
+    // The plan's page says a run is not active any more: operations are offered again.
+    let (_, _, plan) = b.get("/portal/plans/p").await;
+    assert!(plan.contains("id=\"pop-test-failover\""), "{plan}");
+    // Confirm is refused on a failed run, with the vault's message.
+    let (s, _, page) = b
+        .post(&format!("{run}/confirm"), &format!("csrf={token}"))
+        .await;
+    assert_eq!(s, 409, "{page}");
+    assert!(page.contains("id=\"error\""), "{page}");
+    // Retry: the script fails again; Skip: the run goes on and succeeds.
+    let (s, loc, _) = b
+        .post(&format!("{run}/retry"), &format!("csrf={token}"))
+        .await;
+    assert_eq!((s, loc.as_str()), (303, run.as_str()));
+    wait_page(&b, &run, "data-status=\"failed\"").await;
+    assert_eq!(b.post(&format!("{run}/skip"), "csrf=forged").await.0, 403);
+    let (s, _, _) = b
+        .post(&format!("{run}/skip"), &format!("csrf={token}"))
+        .await;
+    assert_eq!(s, 303);
+    let page = wait_page(&b, &run, "data-status=\"succeeded\"").await;
+    assert!(page.contains("skipped by the operator"), "{page}");
+    api.wait_item_state("web-1", "test-failed-over").await;
 }
