@@ -103,7 +103,9 @@ pub async fn serve(
     tracing::info!(listen = %addr, portal = %format!("http://{addr}/portal/"), "vault serving");
     let cutter = tokio::spawn(lifeboat_vault::groups::run_cutter(vault.clone()));
     let _stop_cutter = AbortOnDrop(cutter);
-    axum::serve(listener, api::router(vault, token))
+    let app =
+        api::router(vault, token).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|v| *v).await;
         })

@@ -5,7 +5,10 @@
 //! Commit shows the vault's message; Failover with Latest processed and "Shut down machine",
 //! the notifications (started ... succeeded) arriving live; the guest resumes at the secondary;
 //! Change recovery point to a Custom point; Commit with its warning; Re-protect showing the direction and the resources; Protected
-//! again, the other way; a DR drill (test failover, cleanup with notes). Screenshots of each step go to `<target>/test-artifacts/portal/`.
+//! again, the other way; a DR drill (test failover, cleanup with notes). A second test drills a
+//! recovery plan from its page: test failover, the run waiting at its manual action, Confirm,
+//! succeeded, then Cleanup. Screenshots of each step go to `<target>/test-artifacts/portal/`
+//! (and `portal-plan/`).
 
 mod common;
 
@@ -19,11 +22,11 @@ use lifeboat_testkit::{require_tool, tempdir, wait_until};
 const BOOT: Duration = Duration::from_secs(120);
 const JOB: Duration = Duration::from_secs(120);
 
-fn artifacts() -> std::path::PathBuf {
+fn artifacts(name: &str) -> std::path::PathBuf {
     let p = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("..")
         .join("test-artifacts")
-        .join("portal");
+        .join(name);
     let _ = std::fs::remove_dir_all(&p);
     std::fs::create_dir_all(&p).expect("artifacts dir");
     p.canonicalize().unwrap_or(p)
@@ -88,7 +91,7 @@ fn tutorial_in_the_browser() {
         .expect("GET stream");
     assert_eq!(r.status(), 401);
 
-    let shots = artifacts();
+    let shots = artifacts("portal");
     println!("portal screenshots: {}", shots.display());
     let mut b = Browser::start(&shots);
     b.goto(&format!("{base}/portal/items/web"));
@@ -133,10 +136,12 @@ fn tutorial_in_the_browser() {
         "{}",
         b.text("#latest-crash")
     );
+    let ready = b.text("#readiness");
     assert!(
-        b.text("#readiness").contains("Ready"),
-        "{}",
-        b.text("#readiness")
+        ready.contains("Ready for failover to secondary")
+            && ready.contains("Agent in region secondary answering")
+            && !ready.contains("✘"),
+        "{ready}"
     );
     assert!(b.exists("#op-failover") && b.exists("#op-test-failover"));
     assert!(!b.exists("#op-commit") && !b.exists("#op-reprotect"));
@@ -206,6 +211,11 @@ fn tutorial_in_the_browser() {
     b.wait_text("#item-state", "Failed over", Duration::from_secs(10));
     assert_eq!(b.text("#active-region"), "secondary");
     assert!(b.exists("#op-commit") && !b.exists("#op-failover"));
+    let ready = b.text("#readiness");
+    assert!(
+        ready.contains("Not ready") && ready.contains("failover is not possible now"),
+        "{ready}"
+    );
     b.screenshot("overview-failed-over");
 
     // Change recovery point: Custom, the second newest point of the list.
@@ -302,6 +312,113 @@ fn tutorial_in_the_browser() {
     assert!(b.url().ends_with("/portal/login"), "{}", b.url());
     println!(
         "portal test took {:.0} s; screenshots in {}",
+        started.elapsed().as_secs_f64(),
+        shots.display()
+    );
+}
+
+/// Signs in at `base` with the vault's token.
+fn sign_in(b: &Browser, base: &str, token: &str) {
+    b.goto(&format!("{base}/portal/login"));
+    b.type_into("#token", token.trim());
+    b.click("#sign-in");
+    wait_until(Duration::from_secs(10), "the items page", || {
+        b.url().ends_with("/portal/")
+    });
+}
+
+#[test]
+fn plan_drill_in_the_browser() {
+    require_tool("chromium");
+    let started = Instant::now();
+    let t = tempdir();
+    let c = Cluster::up(&t.path().join("lb"));
+    c.create_guest_vm("app");
+    c.cli_ok(&["vm", "start", "app"]);
+    wait_seq(&c.source_serial("primary", "app"), 20, BOOT);
+    let job = c.json(&["protect", "app", "--target-region", "secondary"]);
+    assert_eq!(job["status"], "succeeded", "{job}");
+    wait_until(Duration::from_secs(60), "a restorable point", || {
+        c.item("app")["health"]["latest_crash_consistent"].is_object()
+    });
+    let plan = serde_json::json!({"groups": [{"vms": ["app"],
+        "post": [{"manual": {"name": "check the app", "on": ["test-failover"],
+            "instructions": "open the app on its test address"}}]}]});
+    let file = t.path().join("drill.json");
+    std::fs::write(&file, plan.to_string()).expect("plan file");
+    c.cli_ok(&[
+        "plan",
+        "create",
+        "drill",
+        "--file",
+        &file.display().to_string(),
+    ]);
+    let token = std::fs::read_to_string(c.token_file()).expect("token");
+    let base = c.url();
+
+    let shots = artifacts("portal-plan");
+    let mut b = Browser::start(&shots);
+    sign_in(&b, &base, &token);
+
+    // Plans: the plan, then its page with its group, its VM and its manual action.
+    b.click("nav a[href='/portal/plans']");
+    let row = "#plans tr[data-plan='drill']";
+    b.wait_text(&format!("{row} td.vms"), "app", Duration::from_secs(10));
+    assert_eq!(b.text(&format!("{row} td.run-status")), "-");
+    b.screenshot("plans");
+    b.click(&format!("{row} td.name a"));
+    b.wait_text("#plan-groups", "check the app", Duration::from_secs(10));
+    assert!(b.text("#plan-groups").contains("app: Protected"));
+    assert!(b.exists("#pop-failover") && b.exists("#pop-test-failover"));
+    assert!(!b.exists("#pop-commit") && !b.exists("#pop-cleanup-test-failover"));
+    b.screenshot("plan");
+
+    // Test failover of the whole plan: it waits at the manual action.
+    b.click("#pop-test-failover");
+    b.wait_text("#plan-steps", "check the app", Duration::from_secs(10));
+    assert!(b.exists("#point-latest-processed") && !b.exists("#point-custom"));
+    b.click("#point-latest-processed");
+    b.screenshot("plan-test-failover-dialog");
+    b.click("#confirm");
+    b.wait_text("#run-status", "waiting", JOB);
+    assert!(
+        b.text("#run-waiting")
+            .contains("open the app on its test address"),
+        "{}",
+        b.text("#run-panel")
+    );
+    assert!(!b.exists("#run-retry"));
+    b.screenshot("plan-run-waiting");
+    assert_eq!(c.item("app")["state"], "test-failed-over");
+
+    // Confirm: the run succeeds.
+    b.click("#run-confirm");
+    b.wait_text("#run-status", "succeeded", JOB);
+    let steps = b.text("#run-steps");
+    assert!(steps.contains("confirmed"), "{steps}");
+    assert!(!b.exists("#run-confirm"));
+    b.screenshot("plan-run-succeeded");
+
+    // Cleanup from the plan's page.
+    b.click("#run-plan");
+    b.click("#pop-cleanup-test-failover");
+    b.type_into("#drill-notes", "plan drill from the portal");
+    b.screenshot("plan-cleanup-dialog");
+    b.click("#confirm");
+    b.wait_text(
+        "#run-operation",
+        "cleanup-test-failover",
+        Duration::from_secs(10),
+    );
+    b.wait_text("#run-status", "succeeded", JOB);
+    b.screenshot("plan-cleanup-succeeded");
+    let i = c.item("app");
+    assert_eq!(i["state"], "protected", "{i}");
+    assert_eq!(i["last_drill_notes"], "plan drill from the portal", "{i}");
+    b.click("#run-plan");
+    b.wait_text("#runs", "cleanup-test-failover", Duration::from_secs(10));
+    println!(
+        "plan portal test took {:.0} s; screenshots in {}",
         started.elapsed().as_secs_f64(),
         shots.display()
     );

@@ -98,6 +98,15 @@ const MIGRATIONS: &[&str] = &[
     // 7: app-consistent points that failed in a row (the guest could not be frozen), and why.
     "ALTER TABLE items ADD COLUMN app_misses INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE items ADD COLUMN app_error TEXT;",
+    // 8: portal sessions (crate::portal), keyed by the BLAKE3 hash of the session id (the id
+    // itself is only in the browser's cookie), with the CSRF token and the expiry (ms).
+    "CREATE TABLE portal_sessions (
+        id_hash TEXT PRIMARY KEY,
+        csrf TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+     );
+     CREATE INDEX portal_sessions_by_expiry ON portal_sessions (expires_at);",
 ];
 
 /// Recovery plans: each plan's definition (JSON, `crate::plan::PlanDefinition`), and its runs

@@ -422,7 +422,7 @@ impl Vault {
 
     /// The time (ns) of the group's newest cut of each kind, by kind name: what the schedule
     /// needs, read without listing every cut.
-    fn newest_cuts(&self, name: &str) -> Result<HashMap<String, u64>, VaultError> {
+    pub(crate) fn newest_cuts(&self, name: &str) -> Result<HashMap<String, u64>, VaultError> {
         let rows: Vec<(String, i64)> = self.db.tx("reading a group's newest cuts", |tx| {
             query_rows(
                 tx,

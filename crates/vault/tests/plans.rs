@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 mod common;
 
-use common::{serve, AllSucceed, Api, Hangs};
+use common::{create_vms, protect, serve, AllSucceed, Api, Hangs};
 
 /// Succeeds every job after a few ms, except the jobs of the VMs in `fail`.
 #[derive(Clone, Default)]
@@ -45,26 +45,7 @@ async fn setup_vms(api: &Api, vms: &[&str]) {
         api.ok("POST", "/api/regions", json!({"name": n, "store_url": u}))
             .await;
     }
-    for vm in vms {
-        api.ok(
-            "POST",
-            "/api/vms",
-            json!({"name": vm, "region": "primary", "definition": {"vcpus": 1}}),
-        )
-        .await;
-    }
-}
-
-async fn protect(api: &Api, vms: &[&str]) {
-    for vm in vms {
-        api.ok(
-            "POST",
-            "/api/items",
-            json!({"vm": vm, "target_region": "secondary"}),
-        )
-        .await;
-        api.wait_item_state(vm, "protected").await;
-    }
+    create_vms(api, vms).await;
 }
 
 /// Polls the plan's latest run until its status is not `running`.

@@ -99,13 +99,39 @@ fn allowed(item: &Item) -> String {
 
 /// A form that posts operation `o` on `item`, with `fields` and a confirm button.
 fn confirm_form(s: &Session, item: &Item, o: Operation, fields: Markup) -> Markup {
+    let action = format!("/portal/items/{}/{}", item.vm, o.as_str());
+    let cancel = format!("/portal/items/{}", item.vm);
+    op_form(s, &action, &cancel, op_label(o.as_str()), fields)
+}
+
+/// A dialog's form: posts to `action` with the session's CSRF token and `fields`; its confirm
+/// button says `label`, Cancel goes back to `cancel`.
+pub(super) fn op_form(
+    s: &Session,
+    action: &str,
+    cancel: &str,
+    label: &str,
+    fields: Markup,
+) -> Markup {
     html! {
-        form #op-form method="post" action={ "/portal/items/" (item.vm) "/" (o.as_str()) } {
+        form #op-form method="post" action=(action) {
             input type="hidden" name="csrf" value=(s.csrf);
             (fields)
             p {
-                button #confirm type="submit" { (op_label(o.as_str())) }
-                a.button #cancel href={ "/portal/items/" (item.vm) } { "Cancel" }
+                button #confirm type="submit" { (label) }
+                a.button #cancel href=(cancel) { "Cancel" }
+            }
+        }
+    }
+}
+
+/// Radio buttons `point` (value, label, help), the first checked.
+pub(super) fn point_choices(choices: &[(&str, &str, &str)]) -> Markup {
+    html! {
+        @for (i, (v, label, help)) in choices.iter().enumerate() {
+            div {
+                input type="radio" name="point" id={ "point-" (v) } value=(v) checked[i == 0];
+                label for={ "point-" (v) } { strong { (label) } " — " (help) }
             }
         }
     }
@@ -137,12 +163,7 @@ async fn point_form(p: &Portal, s: &Session, item: &Item, o: Operation) -> Marku
         p { "From " (item.source_region) " to " (item.target_region) "." }
         fieldset #recovery-point {
             legend { "Recovery point" }
-            @for (i, (v, label, help)) in choices.iter().enumerate() {
-                div {
-                    input type="radio" name="point" id={ "point-" (v) } value=(v) checked[i == 0];
-                    label for={ "point-" (v) } { strong { (label) } " — " (help) }
-                }
-            }
+            (point_choices(&choices))
             @match &points {
                 Ok(pts) => {
                     select #custom-point name="custom_point" {
@@ -202,20 +223,50 @@ async fn reprotect_form(p: &Portal, s: &Session, item: &Item) -> Markup {
     confirm_form(s, item, Operation::Reprotect, fields)
 }
 
-/// The fields of an operation's form (all optional but the CSRF token).
+/// The fields of the portal's operation forms (items, groups, plans, runs, cuts; all optional
+/// but the CSRF token).
 #[derive(Deserialize)]
-struct OpForm {
+pub(super) struct OpForm {
     csrf: String,
     #[serde(default)]
-    point: Option<String>,
+    pub(super) point: Option<String>,
     #[serde(default)]
     custom_point: Option<String>,
+    /// A group's cut (`cut-<id>`).
     #[serde(default)]
-    shutdown: Option<String>,
+    pub(super) cut: Option<String>,
+    /// The kind of a cut.
+    #[serde(default)]
+    pub(super) kind: Option<String>,
+    #[serde(default)]
+    pub(super) shutdown: Option<String>,
     #[serde(default)]
     shutdown_timeout: Option<String>,
     #[serde(default)]
-    notes: Option<String>,
+    pub(super) notes: Option<String>,
+}
+
+/// The form of a POST (`what` names it in the refusal), its CSRF token checked.
+pub(super) fn read_form(
+    p: &Portal,
+    s: &Session,
+    b: &Bytes,
+    what: &str,
+) -> Result<OpForm, Box<Response>> {
+    let f: OpForm = serde_urlencoded::from_bytes(b).map_err(|e| {
+        let text = format!("bad {what} form: {e}");
+        Box::new(message(
+            p,
+            s,
+            StatusCode::BAD_REQUEST,
+            "Form refused",
+            &text,
+        ))
+    })?;
+    match check_csrf(p, s, &f.csrf) {
+        Some(r) => Err(Box::new(r)),
+        None => Ok(f),
+    }
 }
 
 /// Starts an operation from its dialog; shows its job, or the vault's refusal on the item.
@@ -229,21 +280,10 @@ pub(super) async fn operate(
         Ok(o) => o,
         Err(text) => return message(&p, &s, StatusCode::NOT_FOUND, "Not found", &text),
     };
-    let f: OpForm = match serde_urlencoded::from_bytes(&b) {
+    let f = match read_form(&p, &s, &b, op_label(o.as_str())) {
         Ok(f) => f,
-        Err(e) => {
-            return message(
-                &p,
-                &s,
-                StatusCode::BAD_REQUEST,
-                "Form refused",
-                &format!("bad {} form: {e}", op_label(o.as_str())),
-            )
-        }
+        Err(r) => return *r,
     };
-    if let Some(r) = check_csrf(&p, &s, &f.csrf) {
-        return r;
-    }
     let takes_point = matches!(
         o,
         Operation::Failover | Operation::ChangeRecoveryPoint | Operation::TestFailover

@@ -24,6 +24,28 @@
 //!   cleanup test failover with notes; disable replication); POST starts it with
 //!   [`Vault::start`] and shows the job. A refused start (wrong state: 409) shows the vault's
 //!   own message on the item's page with the same status.
+//! - The overview's **failover readiness** is a checklist (`readiness.rs`, a pure function
+//!   from the item, the target region's agent liveness and its recovery points to the checks,
+//!   unit-tested): the target region's agent answers (seen within `HOST_ALIVE`), a restorable
+//!   recovery point exists in the target region, the state allows failover, the VM is not in a
+//!   replication group (else: fail over the group). Each check shows pass or fail and why.
+//! - `/portal/groups` **Replication groups** (`groups.rs`): name, members with their state and
+//!   health, policy, the newest multi-VM crash- and app-consistent cut (UTC).
+//!   `/portal/groups/{name}`: members (linking to their overviews, refreshed by htmx while a
+//!   member's job runs), the cuts and group points, and only the buttons every member's state
+//!   allows: Cut now (crash- or app-consistent, `POST .../cut`), Failover and Test failover
+//!   (dialog: Latest multi-VM processed / Latest multi-VM app-consistent / a specific cut),
+//!   Cleanup test failover (notes), Commit (with its warning), Re-protect. POSTs go through
+//!   [`Vault::group_operation`] and [`Vault::cut_group`] as the API's do; a refusal shows the
+//!   vault's message on the group's page with its status.
+//! - `/portal/plans` **Recovery plans** (`plans.rs`): name, groups, VMs, last run and its
+//!   status. `/portal/plans/{name}`: the ordered groups with their VMs and pre/post actions,
+//!   the runs, and the plan operations its VMs' states allow (none while a run is active), each
+//!   with a confirm dialog listing the run's steps (no Custom point: a plan takes Latest
+//!   processed / Latest / Latest app-consistent). `/portal/plans/{name}/runs/{id}`: the steps
+//!   with status and details, refreshed by htmx while the run runs; **Confirm** while it waits
+//!   at a manual action, **Retry** and **Skip** when a step failed ([`Vault::start_plan`],
+//!   [`Vault::confirm_plan_run`], [`Vault::retry_plan_run`], [`Vault::skip_plan_run_step`]).
 //! - `/portal/jobs`, `/portal/jobs/{id}`: jobs, and one job with its steps and their details.
 //! - `/portal/events/stream`: server-sent events feeding the **notifications** area of every
 //!   page (job started, progress, succeeded, failed); `assets/portal.js` (a few lines of plain
@@ -35,11 +57,20 @@
 //!
 //! The login form takes the vault's token (compared in constant time). On success the browser
 //! gets an opaque random session id (256 bits from the OS) in a cookie `lifeboat_portal`
-//! (`HttpOnly; SameSite=Strict; Path=/portal`); the vault maps it, in memory, to a session with
-//! its own CSRF token and an expiry (12 h). The token itself is never in the cookie. Sessions do
-//! not survive a vault restart (log in again). Without a valid session every portal route but
-//! the login page redirects to it (the event stream answers 401): nothing is readable or
-//! clickable without logging in.
+//! (`HttpOnly; SameSite=Strict; Path=/portal`). The session (its own CSRF token and an expiry,
+//! 12 h) is kept in the vault's database (`portal_sessions`, migration 8), keyed by the BLAKE3
+//! hash of the id: the id itself is only in the browser, so a copy of the database opens no
+//! session. Sessions survive a vault restart; expired ones are deleted (when met, and at each
+//! login), and at most 1,024 are kept. Sign-out deletes the session. The token itself is never
+//! in the cookie. Without a valid session every portal route but the login page redirects to it
+//! (the event stream answers 401): nothing is readable or clickable without logging in.
+//!
+//! **Login throttling**: after 5 failed logins from one client address (the TCP peer's IP;
+//! forwarded-for headers are not trusted) within a minute, the login answers 429 with
+//! `Retry-After` and says how long to wait, without checking the token, until the oldest
+//! failure is a minute old. A successful login forgets the address's failures. The counts are
+//! in memory (a restart forgets them). A server started without connection info (tests' own
+//! routers) counts every client as one.
 //!
 //! ## Safety
 //!
@@ -51,19 +82,23 @@
 //!   with clear errors shown on the page; all text is HTML-escaped by maud.
 
 mod actions;
+mod groups;
 mod notify;
 mod pages;
+mod plans;
+mod readiness;
+mod session;
 
-use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde::Deserialize;
@@ -71,6 +106,8 @@ use serde::Deserialize;
 use crate::db::now_ms;
 use crate::model::Event;
 use crate::service::{event_of, query_rows, Vault};
+pub(crate) use session::Session;
+use session::Throttle;
 
 /// The vendored htmx (npm `htmx.org`, `dist/htmx.min.js`, with its licence header).
 const HTMX: &str = include_str!("../../assets/htmx.min.js");
@@ -78,74 +115,13 @@ const HTMX: &str = include_str!("../../assets/htmx.min.js");
 const PORTAL_JS: &str = include_str!("../../assets/portal.js");
 /// The session cookie's name.
 const COOKIE: &str = "lifeboat_portal";
-/// How long a session lasts.
-const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
-/// At most this many sessions (the oldest goes first).
-const MAX_SESSIONS: usize = 1024;
 
-/// A logged-in browser.
-#[derive(Clone)]
-pub(crate) struct Session {
-    /// The token every form of this session carries.
-    pub(crate) csrf: String,
-    expires: Instant,
-}
-
-/// The portal's state: the vault, its token, and the sessions.
+/// The portal's state: the vault, its token, the login throttle.
 #[derive(Clone)]
 pub(crate) struct Portal {
     pub(crate) vault: Vault,
     token: Arc<String>,
-    sessions: Arc<Mutex<HashMap<String, Session>>>,
-}
-
-impl Portal {
-    fn session(&self, id: &str) -> Option<Session> {
-        let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        match s.get(id) {
-            Some(x) if x.expires > Instant::now() => Some(x.clone()),
-            Some(_) => {
-                s.remove(id);
-                None
-            }
-            None => None,
-        }
-    }
-
-    fn new_session(&self) -> Result<(String, Session), String> {
-        let id = random_hex()?;
-        let sess = Session {
-            csrf: random_hex()?,
-            expires: Instant::now() + SESSION_TTL,
-        };
-        let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        s.retain(|_, x| x.expires > now);
-        while s.len() >= MAX_SESSIONS {
-            let oldest = s
-                .iter()
-                .min_by_key(|(_, x)| x.expires)
-                .map(|(k, _)| k.clone());
-            match oldest {
-                Some(k) => s.remove(&k),
-                None => break,
-            };
-        }
-        s.insert(id.clone(), sess.clone());
-        Ok((id, sess))
-    }
-
-    fn end_session(&self, id: &str) {
-        let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        s.remove(id);
-    }
-}
-
-/// 32 random bytes from the OS, as hex.
-fn random_hex() -> Result<String, String> {
-    let mut b = [0u8; 32];
-    getrandom::fill(&mut b).map_err(|e| format!("no randomness from the OS: {e}"))?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    throttle: Arc<Mutex<Throttle>>,
 }
 
 /// The portal's router (merged into the API's by [`crate::api::router`]).
@@ -153,7 +129,7 @@ pub fn router(vault: Vault, token: Arc<String>) -> Router {
     let p = Portal {
         vault,
         token,
-        sessions: Arc::default(),
+        throttle: Arc::default(),
     };
     let private = Router::new()
         .route("/portal", get(|| async { Redirect::to("/portal/") }))
@@ -164,11 +140,34 @@ pub fn router(vault: Vault, token: Arc<String>) -> Router {
             "/portal/items/{vm}/{operation}",
             get(actions::dialog).post(actions::operate),
         )
+        .route("/portal/groups", get(groups::list))
+        .route("/portal/groups/{name}", get(groups::group))
+        .route("/portal/groups/{name}/panel", get(groups::panel))
+        .route("/portal/groups/{name}/cut", post(groups::cut))
+        .route(
+            "/portal/groups/{name}/{operation}",
+            get(groups::dialog).post(groups::operate),
+        )
+        .route("/portal/plans", get(plans::list))
+        .route("/portal/plans/{name}", get(plans::plan))
+        .route(
+            "/portal/plans/{name}/{operation}",
+            get(plans::dialog).post(plans::operate),
+        )
+        .route("/portal/plans/{name}/runs/{id}", get(plans::run))
+        .route(
+            "/portal/plans/{name}/runs/{id}/panel",
+            get(plans::run_panel),
+        )
+        .route(
+            "/portal/plans/{name}/runs/{id}/{action}",
+            post(plans::run_action),
+        )
         .route("/portal/jobs", get(pages::jobs))
         .route("/portal/jobs/{id}", get(pages::job))
         .route("/portal/jobs/{id}/panel", get(pages::job_panel))
         .route("/portal/events/stream", get(notify::stream))
-        .route("/portal/logout", axum::routing::post(logout))
+        .route("/portal/logout", post(logout))
         .route("/portal/assets/htmx.min.js", get(|| async { js(HTMX) }))
         .route("/portal/assets/portal.js", get(|| async { js(PORTAL_JS) }))
         .route("/portal/{*rest}", get(not_found))
@@ -273,8 +272,37 @@ fn login_page(status: StatusCode, error: Option<&str>) -> Response {
     (status, m).into_response()
 }
 
-async fn login(State(p): State<Portal>, b: Bytes) -> Response {
-    let f: LoginForm = match serde_urlencoded::from_bytes(&b) {
+/// The client's address (all clients share one when the server gives no address).
+fn client(req_ext: Option<&ConnectInfo<SocketAddr>>) -> String {
+    req_ext
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+async fn login(State(p): State<Portal>, req: Request) -> Response {
+    let addr = client(req.extensions().get::<ConnectInfo<SocketAddr>>());
+    let refused = {
+        let mut t = p.throttle.lock().unwrap_or_else(|e| e.into_inner());
+        t.refused(&addr, Instant::now())
+    };
+    if let Some(wait) = refused {
+        let secs = wait.as_secs().max(1);
+        let text = format!(
+            "too many failed sign-ins from your address ({} within a minute): wait {secs} s \
+             and retry with the vault's token",
+            session::MAX_FAILED_LOGINS
+        );
+        let mut r = login_page(StatusCode::TOO_MANY_REQUESTS, Some(&text));
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return r;
+    }
+    let f: Result<LoginForm, String> = match axum::body::to_bytes(req.into_body(), 64 * 1024).await
+    {
+        Ok(b) => serde_urlencoded::from_bytes(&b).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let f = match f {
         Ok(f) => f,
         Err(e) => {
             return login_page(
@@ -284,11 +312,17 @@ async fn login(State(p): State<Portal>, b: Bytes) -> Response {
         }
     };
     if !crate::api::same(f.token.trim().as_bytes(), p.token.as_bytes()) {
+        let mut t = p.throttle.lock().unwrap_or_else(|e| e.into_inner());
+        t.failed(&addr, Instant::now());
         return login_page(
             StatusCode::UNAUTHORIZED,
             Some("wrong token: use the vault's token (file vault/token in its data directory)"),
         );
     }
+    p.throttle
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .succeeded(&addr);
     match p.new_session() {
         Ok((id, _)) => {
             let cookie = format!("{COOKIE}={id}; Path=/portal; HttpOnly; SameSite=Strict");
@@ -302,23 +336,14 @@ async fn login(State(p): State<Portal>, b: Bytes) -> Response {
     }
 }
 
-#[derive(Deserialize)]
-struct CsrfForm {
-    csrf: String,
-}
-
 async fn logout(
     State(p): State<Portal>,
     axum::Extension(s): axum::Extension<Session>,
     h: HeaderMap,
     b: Bytes,
 ) -> Response {
-    let f: CsrfForm = match serde_urlencoded::from_bytes(&b) {
-        Ok(f) => f,
-        Err(e) => return message(&p, &s, StatusCode::BAD_REQUEST, "Bad form", &e.to_string()),
-    };
-    if let Some(r) = check_csrf(&p, &s, &f.csrf) {
-        return r;
+    if let Err(r) = actions::read_form(&p, &s, &b, "sign-out") {
+        return *r;
     }
     if let Some(id) = session_id(&h) {
         p.end_session(&id);
@@ -422,6 +447,8 @@ pub(crate) fn layout(p: &Portal, s: &Session, title: &str, content: Markup) -> M
                     nav {
                         strong { "Lifeboat" }
                         a href="/portal/" { "Replicated items" }
+                        a href="/portal/groups" { "Groups" }
+                        a href="/portal/plans" { "Plans" }
                         a href="/portal/jobs" { "Jobs" }
                         form.inline method="post" action="/portal/logout" {
                             input type="hidden" name="csrf" value=(s.csrf);
@@ -461,6 +488,8 @@ text-align:left}\
 .error{color:#a00;background:#fee;padding:.5em;border:1px solid #e99}\
 .warning{background:#fff6d6;padding:.5em;border:1px solid #e5c100}\
 .healthy{color:#070}.critical{color:#a00}\
+p#readiness-summary{margin:0 0 .3em}li.pass{color:#070}li.fail{color:#a00}ul#readiness-checks{margin:.3em 0;padding-left:1.2em}\
+form.inline-form{display:inline}\
 a.button,button{display:inline-block;padding:.35em .9em;margin:.2em;border:1px solid #0b3d62;\
 background:#e8f0f8;color:#0b3d62;text-decoration:none;border-radius:3px;cursor:pointer}\
 main.login{max-width:24em;margin:5em auto}main.login input{display:block;width:100%;\

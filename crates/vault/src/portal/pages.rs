@@ -42,7 +42,7 @@ fn rpo(ms: Option<i64>) -> String {
 }
 
 /// "Protected", or "Enabling protection (42% synchronized)".
-fn status(i: &Item) -> String {
+pub(crate) fn status(i: &Item) -> String {
     if i.state == "enabling-protection" {
         format!("{} ({}% synchronized)", i.state_label, i.percent_synced)
     } else {
@@ -55,7 +55,7 @@ async fn health(p: &Portal, vm: &str) -> Result<HealthInfo, String> {
     p.vault.health(vm).await.map_err(|e| e.to_string())
 }
 
-fn health_label(h: &str) -> String {
+pub(crate) fn health_label(h: &str) -> String {
     let mut c = h.chars();
     match c.next() {
         Some(f) => f.to_uppercase().chain(c).collect(),
@@ -282,8 +282,7 @@ async fn panel(p: &Portal, vm: &str) -> Result<Markup, VaultError> {
     let i = p.vault.item(vm)?;
     let h = health(p, vm).await;
     let busy = i.job.is_some();
-    let ready = i.allowed_operations.iter().any(|o| o == "failover")
-        && h.as_ref().is_ok_and(|h| h.health == "healthy");
+    let checks = super::readiness::gather(p, &i).await;
     let offered: Vec<(&str, &str)> = OPERATIONS
         .iter()
         .copied()
@@ -321,12 +320,7 @@ async fn panel(p: &Portal, vm: &str) -> Result<Markup, VaultError> {
                     @match &h { Ok(h) => (point_text(&h.latest_app_consistent)), Err(_) => "-" }
                 }
                 dt { "Failover readiness" }
-                dd #readiness {
-                    @if ready { "Ready: protected and healthy" }
-                    @else if i.allowed_operations.iter().any(|o| o == "failover") {
-                        "Failover is possible, but the item is not healthy (see the reasons)"
-                    } @else { "Not now: the item is " (i.state_label) }
-                }
+                dd #readiness { (super::readiness::markup(&i, &checks)) }
                 @if let Some(pct) = i.hydrated_percent {
                     dt { "Disks made local" } dd { (pct) "%" }
                 }
@@ -342,7 +336,10 @@ async fn panel(p: &Portal, vm: &str) -> Result<Markup, VaultError> {
                         None => "never",
                     }
                 }
-                @if let Some(g) = &i.replication_group { dt { "Replication group" } dd { (g) } }
+                @if let Some(g) = &i.replication_group {
+                    dt { "Replication group" }
+                    dd #item-group { a href={ "/portal/groups/" (g) } { (g) } }
+                }
                 @if let Some(e) = &i.app_error {
                     dt { "App-consistent errors" }
                     dd.error { (i.app_misses) " in a row: " (e) }

@@ -48,7 +48,12 @@ pub async fn serve(db: &std::path::Path, executor: Arc<dyn Executor>) -> Api {
     let addr = listener.local_addr().unwrap();
     let app = api::router(vault, TOKEN.to_string());
     let server = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+        .unwrap();
     });
     Api {
         base: format!("http://{addr}"),
@@ -110,4 +115,29 @@ pub async fn setup(api: &Api) {
         json!({"name": "web-1", "region": "primary", "definition": {"vcpus": 1, "memory_mib": 128}}),
     )
     .await;
+}
+
+/// Creates VMs in region `primary` (the regions exist).
+pub async fn create_vms(api: &Api, vms: &[&str]) {
+    for vm in vms {
+        api.ok(
+            "POST",
+            "/api/vms",
+            json!({"name": vm, "region": "primary", "definition": {"vcpus": 1}}),
+        )
+        .await;
+    }
+}
+
+/// Protects VMs to region `secondary`, one after the other, each until it is protected.
+pub async fn protect(api: &Api, vms: &[&str]) {
+    for vm in vms {
+        api.ok(
+            "POST",
+            "/api/items",
+            json!({"vm": vm, "target_region": "secondary"}),
+        )
+        .await;
+        api.wait_item_state(vm, "protected").await;
+    }
 }
