@@ -104,8 +104,9 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 /// never see a partial object and a create never replaces one; staging files left by a crash
 /// are ignored by listings and removed by GC ([`Backend::remove_stale_staging`]). With `fsync`
 /// the file and its directory are synced before the put returns. A local directory's
-/// [`Backend::put_unsynced`] does the same staging and publishing itself, without fsync but
-/// starting the file's write-back at once; [`Backend::sync`] then fsyncs all the files named
+/// [`Backend::put_unsynced`] does the same staging itself and publishes a create with
+/// `renameat2(RENAME_NOREPLACE)` where the filesystem has it (else link + unlink), without
+/// fsync but starting the file's write-back at once; [`Backend::sync`] then fsyncs all the files named
 /// (on several threads), drops their pages from the page cache, and fsyncs each of their
 /// directories (up to the root) once. `InMemory` swaps whole objects under a lock. S3 and
 /// Azure puts are atomic and durable by the services' contracts (so `sync` has nothing to do),

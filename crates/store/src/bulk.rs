@@ -244,24 +244,76 @@ impl std::fmt::Debug for ChunkBuf {
 /// [`crate::Backend::sync`].
 pub(crate) fn put_local(path: &Path, parts: &[Bytes], mode: PutMode) -> io::Result<PutOutcome> {
     let (file, staging) = new_staging(path)?;
+    // The outcome, and whether the staging file's name is gone (renamed into place).
     let published = write_parts(&file, parts).and_then(|()| {
         start_writeback(&file);
         drop(file);
         match mode {
-            PutMode::Overwrite => std::fs::rename(&staging, path).map(|()| PutOutcome::Written),
-            PutMode::Create => match std::fs::hard_link(&staging, path) {
-                Ok(()) => Ok(PutOutcome::Written),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(PutOutcome::AlreadyExists),
+            PutMode::Overwrite => {
+                std::fs::rename(&staging, path).map(|()| (PutOutcome::Written, true))
+            }
+            PutMode::Create => match rename_noreplace(&staging, path) {
+                Ok(true) => Ok((PutOutcome::Written, true)),
+                // No RENAME_NOREPLACE here: link (fails if the name exists), then unlink.
+                Ok(false) => match std::fs::hard_link(&staging, path) {
+                    Ok(()) => Ok((PutOutcome::Written, false)),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        Ok((PutOutcome::AlreadyExists, false))
+                    }
+                    Err(e) => Err(e),
+                },
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    Ok((PutOutcome::AlreadyExists, false))
+                }
                 Err(e) => Err(e),
             },
         }
     });
-    if !matches!((mode, &published), (PutMode::Overwrite, Ok(_))) {
-        // The staging file is linked (or failed): remove its name. A leftover (crash) is
-        // removed by GC.
+    if !matches!(published, Ok((_, true))) {
+        // The staging file was linked (or publishing failed): remove its name. A leftover
+        // (crash) is removed by GC.
         let _ = std::fs::remove_file(&staging);
     }
-    published
+    published.map(|(outcome, _)| outcome)
+}
+
+/// Renames `from` to `to` unless `to` exists (Linux `renameat2(RENAME_NOREPLACE)`: one
+/// directory operation where link + unlink are two). `Ok(false)`: the filesystem or system
+/// cannot do it (the caller links instead); an existing `to` is `AlreadyExists`.
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<bool> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let c = |p: &Path| {
+            CString::new(p.as_os_str().as_bytes())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in a path"))
+        };
+        let (f, t) = (c(from)?, c(to)?);
+        // SAFETY: two NUL-terminated paths that outlive the call.
+        let r = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                f.as_ptr(),
+                libc::AT_FDCWD,
+                t.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if r == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::ENOTSUP) => Ok(false),
+            _ => Err(e),
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = (from, to);
+        Ok(false)
+    }
 }
 
 /// A new staging file for `path` (its directories created if missing).

@@ -17,8 +17,22 @@ async fn conformance_local_directory() {
     let dir = tempfile::tempdir().unwrap();
     let b = open_url(dir.path().to_str().unwrap(), OpenOptions::default()).unwrap();
     conformance::run(b.as_ref()).await.unwrap();
-    // The objects are plain files under the directory.
+    // The objects are plain files under the directory, and no staging file is left behind
+    // (a create is published by a rename, or a link and an unlink).
     assert!(dir.path().join("c/a/x1").is_file());
+    let mut left = Vec::new();
+    let mut dirs = vec![dir.path().to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.to_string_lossy().contains('#') {
+                left.push(p);
+            }
+        }
+    }
+    assert!(left.is_empty(), "staging files left: {left:?}");
 }
 
 #[tokio::test]
