@@ -7,8 +7,10 @@
 //! Change recovery point to a Custom point; Commit with its warning; Re-protect showing the direction and the resources; Protected
 //! again, the other way; a DR drill (test failover, cleanup with notes). A second test drills a
 //! recovery plan from its page: test failover, the run waiting at its manual action, Confirm,
-//! succeeded, then Cleanup. Screenshots of each step go to `<target>/test-artifacts/portal/`
-//! (and `portal-plan/`).
+//! succeeded, then Cleanup. A third drills a replication group from its page: Cut now, the cut
+//! a complete group point, test failover of both VMs to the latest multi-VM processed point,
+//! Cleanup. Screenshots of each step go to `<target>/test-artifacts/portal/` (and
+//! `portal-plan/`, `portal-group/`).
 
 mod common;
 
@@ -422,4 +424,110 @@ fn plan_drill_in_the_browser() {
         started.elapsed().as_secs_f64(),
         shots.display()
     );
+}
+
+/// A replication group, from its pages: the group and its members listed, a member's readiness
+/// pointing at the group, a cut taken with "Cut now" becoming a complete group point, a test
+/// failover of the whole group to "Latest multi-VM processed" (both members drilled from their
+/// points of that cut), and its cleanup with notes.
+#[test]
+fn group_drill_in_the_browser() {
+    require_tool("chromium");
+    let started = Instant::now();
+    let t = tempdir();
+    let c = Cluster::up(&t.path().join("lb"));
+    let vms = ["ga", "gb"];
+    for vm in vms {
+        c.create_guest_vm(vm);
+        c.cli_ok(&["vm", "start", vm]);
+    }
+    for vm in vms {
+        wait_seq(&c.source_serial("primary", vm), 20, BOOT);
+        let job = c.json(&["protect", vm, "--target-region", "secondary"]);
+        assert_eq!(job["status"], "succeeded", "{job}");
+    }
+    c.cli_ok(&["group", "create", "shop", "ga", "gb"]);
+    let token = std::fs::read_to_string(c.token_file()).expect("token");
+    let base = c.url();
+
+    let shots = artifacts("portal-group");
+    let mut b = Browser::start(&shots);
+    sign_in(&b, &base, &token);
+
+    // Groups: the group with its members, then a member's readiness names the group.
+    b.click("nav a[href='/portal/groups']");
+    let row = "#groups tr[data-group='shop']";
+    b.wait_text(&format!("{row} td.members"), "gb", Duration::from_secs(10));
+    assert!(b.text(&format!("{row} td.members")).contains("ga"));
+    b.screenshot("groups");
+    b.goto(&format!("{base}/portal/items/ga"));
+    b.wait_text("body", "fail over the group shop", Duration::from_secs(10));
+    b.screenshot("member-readiness");
+
+    // Cut now: the cut becomes a group point once both targets processed it.
+    let page = format!("{base}/portal/groups/shop");
+    b.goto(&page);
+    b.wait_text("#members", "gb", Duration::from_secs(10));
+    assert!(!b.exists("#gop-commit") && !b.exists("#gop-cleanup-test-failover"));
+    let before = newest_cut(&b.text("#group-points"));
+    b.click("#cut-crash-consistent");
+    wait_until(
+        Duration::from_secs(60),
+        "the new cut a complete group point",
+        || {
+            b.goto(&page);
+            b.text("#group-points")
+                .lines()
+                .any(|row| cut_of(row).is_some_and(|id| id > before) && row.contains(" yes "))
+        },
+    );
+    b.screenshot("group-point");
+
+    // Test failover of the whole group to its latest multi-VM processed point.
+    b.click("#gop-test-failover");
+    b.click("#point-latest-multi-vm-processed");
+    b.screenshot("group-test-failover-dialog");
+    b.click("#confirm");
+    wait_until(JOB, "both members drilled", || {
+        vms.iter()
+            .all(|vm| c.item(vm)["state"] == "test-failed-over")
+    });
+    b.goto(&page);
+    b.wait_text("#members", "Test failover", Duration::from_secs(30));
+    assert!(b.exists("#gop-cleanup-test-failover") && !b.exists("#gop-test-failover"));
+    b.screenshot("group-drilled");
+
+    // Cleanup, with notes, from the group's page.
+    b.click("#gop-cleanup-test-failover");
+    b.type_into("#drill-notes", "group drill from the portal");
+    b.click("#confirm");
+    wait_until(JOB, "both members protected again", || {
+        vms.iter().all(|vm| {
+            let i = c.item(vm);
+            i["state"] == "protected" && i["last_drill_notes"] == "group drill from the portal"
+        })
+    });
+    b.goto(&page);
+    b.wait_text("#members", "Protected", Duration::from_secs(30));
+    b.screenshot("group-cleaned-up");
+    println!(
+        "group portal test took {:.0} s; screenshots in {}",
+        started.elapsed().as_secs_f64(),
+        shots.display()
+    );
+}
+
+/// The cut id a row of the group points table starts with (`cut-N ...`).
+fn cut_of(row: &str) -> Option<u64> {
+    row.trim()
+        .strip_prefix("cut-")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The newest cut id in the group points table's text (0: none).
+fn newest_cut(table: &str) -> u64 {
+    table.lines().filter_map(cut_of).max().unwrap_or(0)
 }
