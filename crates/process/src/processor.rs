@@ -352,7 +352,10 @@ impl Processor {
                 std::sync::Arc::new(file),
                 size,
                 cs,
-                level,
+                crate::seed::Prepare {
+                    zstd_level: level,
+                    stager: w.stager(),
+                },
                 threads,
                 SEED_AHEAD,
                 &pool,

@@ -7,7 +7,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use lifeboat_store::{ChunkBuf, ChunkPool, PreparedChunk};
+use lifeboat_store::{ChunkPool, ChunkStager, PreparedChunk};
 use tokio::sync::mpsc;
 
 /// A chunk of the image, prepared, or why it could not be read.
@@ -22,7 +22,7 @@ pub(crate) fn read_ahead(
     file: Arc<File>,
     size: u64,
     chunk: u64,
-    zstd_level: i32,
+    prep: Prepare,
     threads: usize,
     ahead: usize,
     pool: &ChunkPool,
@@ -32,6 +32,7 @@ pub(crate) fn read_ahead(
     let next = Arc::new(AtomicU64::new(0));
     for _ in 0..threads.max(1) {
         let (tx, next, file, pool) = (tx.clone(), next.clone(), file.clone(), pool.clone());
+        let prep = prep.clone();
         tokio::task::spawn_blocking(move || loop {
             let index = next.fetch_add(1, Ordering::Relaxed);
             if index >= chunks {
@@ -39,11 +40,7 @@ pub(crate) fn read_ahead(
             }
             let start = index * chunk;
             let len = (size - start).min(chunk) as usize;
-            let item = match read_chunk(&pool, &file, start, len) {
-                Ok(None) => Ok((index, PreparedChunk::zero(len))),
-                Ok(Some(data)) => Ok((index, PreparedChunk::from_buf(data, zstd_level))),
-                Err(e) => Err(e),
-            };
+            let item = prepare(&pool, &prep, &file, start, len).map(|c| (index, c));
             let failed = item.is_err();
             if tx.blocking_send(item).is_err() || failed {
                 // Stop the others too.
@@ -55,14 +52,49 @@ pub(crate) fn read_ahead(
     rx
 }
 
+/// How chunks are prepared: zstd's level, and a stager when the store is a local directory.
+#[derive(Debug, Clone)]
+pub(crate) struct Prepare {
+    pub(crate) zstd_level: i32,
+    pub(crate) stager: Option<ChunkStager>,
+}
+
+/// The chunk of `file` at `start`, prepared: a hole is a zero chunk; with a stager (a
+/// local-directory store) it is streamed into the store unless it would compress; else it is
+/// read into a buffer of `pool` and prepared there.
+fn prepare(
+    pool: &ChunkPool,
+    prep: &Prepare,
+    file: &File,
+    start: u64,
+    len: usize,
+) -> io::Result<PreparedChunk> {
+    if in_hole(file, start, len as u64) {
+        return Ok(PreparedChunk::zero(len));
+    }
+    if let Some(Some(staged)) = prep
+        .stager
+        .as_ref()
+        .map(|s| s.stage(file, start, len))
+        .transpose()?
+    {
+        return Ok(staged);
+    }
+    Ok(PreparedChunk::from_buf(
+        pool.read_exact_at(file, start, len)?,
+        prep.zstd_level,
+    ))
+}
+
 /// The `len` bytes of `file` at `start` (in a buffer of `pool`), or `None` if they are all in
 /// a hole (they read as zeroes: nothing to read).
+#[cfg(test)]
 pub(crate) fn read_chunk(
     pool: &ChunkPool,
     file: &File,
     start: u64,
     len: usize,
-) -> io::Result<Option<ChunkBuf>> {
+) -> io::Result<Option<lifeboat_store::ChunkBuf>> {
     if in_hole(file, start, len as u64) {
         return Ok(None);
     }
@@ -153,7 +185,11 @@ mod tests {
         let data: Vec<u8> = (0..(1 << 20)).map(|i| (i % 253) as u8 | 1).collect();
         f.write_all_at(&data, 2 << 20).unwrap();
         let f = Arc::new(File::open(&path).unwrap());
-        let mut rx = read_ahead(f, size, 1 << 20, 1, 3, 2, &ChunkPool::new(4));
+        let prep = Prepare {
+            zstd_level: 1,
+            stager: None,
+        };
+        let mut rx = read_ahead(f, size, 1 << 20, prep, 3, 2, &ChunkPool::new(4));
         let mut seen = Vec::new();
         while let Some(item) = rx.recv().await {
             let (i, c) = item.unwrap();

@@ -88,6 +88,12 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     async fn delete(&self, key: &str) -> Result<()>;
     /// A human description (for logs).
     fn describe(&self) -> String;
+    /// The directory of a local-directory backend whose objects are plain files `<dir>/<key>`
+    /// (written with the staging and publishing of [`Backend::put_unsynced`]): a
+    /// [`crate::ChunkStager`] writes chunks there itself. Default: none.
+    fn local_dir(&self) -> Option<&std::path::Path> {
+        None
+    }
     /// Removes what interrupted puts left behind that is older than `older_than` (a local
     /// directory's staging files); returns what it removed, as paths. Other backends have
     /// nothing to clean.
@@ -286,6 +292,12 @@ impl Backend for ObjectBackend {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(StoreError::backend("delete", key, e)),
         }
+    }
+
+    fn local_dir(&self) -> Option<&std::path::Path> {
+        self.local_root
+            .as_deref()
+            .filter(|_| self.prefix.is_empty())
     }
 
     fn describe(&self) -> String {

@@ -239,23 +239,32 @@ impl std::fmt::Debug for ChunkBuf {
 
 /// [`crate::Backend::put_unsynced`] of a local directory: writes `parts` to a staging file
 /// `<path>#<n>` (the same names as `object_store`'s `LocalFileSystem`, so listings skip them
-/// and GC removes them when left behind), starts its write-back, then publishes it with
-/// `link(2)` (create: fails if `path` exists) or `rename(2)` (overwrite). No fsync: see
-/// [`crate::Backend::sync`].
+/// and GC removes them when left behind), starts its write-back, then publishes it
+/// ([`publish`]). No fsync: see [`crate::Backend::sync`].
 pub(crate) fn put_local(path: &Path, parts: &[Bytes], mode: PutMode) -> io::Result<PutOutcome> {
     let (file, staging) = new_staging(path)?;
-    // The outcome, and whether the staging file's name is gone (renamed into place).
-    let published = write_parts(&file, parts).and_then(|()| {
-        start_writeback(&file);
-        drop(file);
+    if let Err(e) = write_parts(&file, parts) {
+        let _ = std::fs::remove_file(&staging);
+        return Err(e);
+    }
+    start_writeback(&file);
+    drop(file);
+    publish(&staging, path, mode)
+}
+
+/// Publishes the written staging file `staging` as `path`: `rename(2)` (overwrite), or for a
+/// create `renameat2(RENAME_NOREPLACE)` where the filesystem has it, else `link(2)` then
+/// unlink (both fail if `path` exists: [`PutOutcome::AlreadyExists`]). `path`'s directory is
+/// created if missing. The staging file's name is always gone afterwards.
+pub(crate) fn publish(staging: &Path, path: &Path, mode: PutMode) -> io::Result<PutOutcome> {
+    let attempt = || -> io::Result<(PutOutcome, bool)> {
         match mode {
             PutMode::Overwrite => {
-                std::fs::rename(&staging, path).map(|()| (PutOutcome::Written, true))
+                std::fs::rename(staging, path).map(|()| (PutOutcome::Written, true))
             }
-            PutMode::Create => match rename_noreplace(&staging, path) {
+            PutMode::Create => match rename_noreplace(staging, path) {
                 Ok(true) => Ok((PutOutcome::Written, true)),
-                // No RENAME_NOREPLACE here: link (fails if the name exists), then unlink.
-                Ok(false) => match std::fs::hard_link(&staging, path) {
+                Ok(false) => match std::fs::hard_link(staging, path) {
                     Ok(()) => Ok((PutOutcome::Written, false)),
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                         Ok((PutOutcome::AlreadyExists, false))
@@ -268,11 +277,20 @@ pub(crate) fn put_local(path: &Path, parts: &[Bytes], mode: PutMode) -> io::Resu
                 Err(e) => Err(e),
             },
         }
-    });
+    };
+    // The outcome, and whether the staging file's name is gone (renamed into place).
+    let mut published = attempt();
+    if matches!(&published, Err(e) if e.kind() == io::ErrorKind::NotFound) {
+        if let Some(dir) = path.parent() {
+            if std::fs::create_dir_all(dir).is_ok() {
+                published = attempt();
+            }
+        }
+    }
     if !matches!(published, Ok((_, true))) {
         // The staging file was linked (or publishing failed): remove its name. A leftover
         // (crash) is removed by GC.
-        let _ = std::fs::remove_file(&staging);
+        let _ = std::fs::remove_file(staging);
     }
     published.map(|(outcome, _)| outcome)
 }
@@ -317,7 +335,7 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<bool> {
 }
 
 /// A new staging file for `path` (its directories created if missing).
-fn new_staging(path: &Path) -> io::Result<(File, PathBuf)> {
+pub(crate) fn new_staging(path: &Path) -> io::Result<(File, PathBuf)> {
     let mut n = 1u32;
     loop {
         let mut staging = path.as_os_str().to_owned();

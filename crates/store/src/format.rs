@@ -287,10 +287,12 @@ fn worth_compressing(plain: &[u8], level: i32) -> bool {
         return true;
     }
     let step = (plain.len() - SAMPLE) / (SAMPLES - 1);
-    (0..SAMPLES).any(|i| {
-        let sample = &plain[i * step..i * step + SAMPLE];
-        zstd_compress(sample, level).is_some_and(|c| c.len() * 100 < SAMPLE * 97)
-    })
+    (0..SAMPLES).any(|i| sample_compresses(&plain[i * step..i * step + SAMPLE], level))
+}
+
+/// Whether zstd shrinks `sample` by at least 3% (the test of [`worth_compressing`]).
+pub(crate) fn sample_compresses(sample: &[u8], level: i32) -> bool {
+    zstd_compress(sample, level).is_some_and(|c| c.len() * 100 < sample.len() * 97)
 }
 
 thread_local! {

@@ -61,6 +61,8 @@ pub struct PreparedChunk {
     entry: Entry,
     /// The chunk object, as parts to concatenate (none for a zero chunk).
     object: Option<Vec<Bytes>>,
+    /// Already in the store, under this key ([`crate::ChunkStager`]): nothing to put.
+    staged: Option<(String, Stored)>,
 }
 
 impl PreparedChunk {
@@ -77,6 +79,7 @@ impl PreparedChunk {
             len,
             entry: Entry::Chunk(id),
             object: Some(encode_chunk_parts(data, &id, zstd_level).to_vec()),
+            staged: None,
         }
     }
 
@@ -99,6 +102,17 @@ impl PreparedChunk {
             len,
             entry: Entry::Chunk(id),
             object: Some(object),
+            staged: None,
+        }
+    }
+
+    /// A chunk a [`crate::ChunkStager`] already wrote into the store as `key`.
+    pub(crate) fn staged(len: usize, id: ObjectId, key: String, stored: Stored) -> Self {
+        PreparedChunk {
+            len,
+            entry: Entry::Chunk(id),
+            object: None,
+            staged: Some((key, stored)),
         }
     }
 
@@ -109,6 +123,7 @@ impl PreparedChunk {
             len,
             entry: Entry::Zero,
             object: None,
+            staged: None,
         }
     }
 
@@ -129,7 +144,8 @@ impl PreparedChunk {
 }
 
 /// What a put of a content-addressed object did.
-enum Stored {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stored {
     /// Created, this many bytes.
     New(u64),
     /// It was there, older than the writer: written again (for its age; see the crate doc).
@@ -272,6 +288,18 @@ impl PointWriter {
 
     /// Objects modified since this time are protected by this writer's lease (see the GC
     /// argument in the crate doc).
+    /// A [`crate::ChunkStager`] for this writer when the store is a local directory: chunks
+    /// of an image streamed straight into the store, then given to
+    /// [`PointWriter::set_prepared`] like any prepared chunk.
+    pub fn stager(&self) -> Option<crate::ChunkStager> {
+        let root = self.store.backend.local_dir()?;
+        Some(crate::ChunkStager::new(
+            root.to_path_buf(),
+            self.store.config().zstd_level,
+            self.fresh_since(),
+        ))
+    }
+
     fn fresh_since(&self) -> SystemTime {
         self.started
             .checked_sub(crate::gc::CLOCK_MARGIN)
@@ -441,13 +469,20 @@ impl PointWriter {
         }
         let this = &*self;
         let stored = futures::future::try_join_all(changes.iter().filter_map(|(_, _, c)| {
-            let (Entry::Chunk(id), Some(object)) = (c.entry, &c.object) else {
+            let Entry::Chunk(id) = c.entry else {
                 return None;
             };
+            if c.object.is_none() && c.staged.is_none() {
+                return None;
+            }
             Some(async move {
+                if let Some((key, stored)) = &c.staged {
+                    return Ok::<_, StoreError>((key.clone(), *stored));
+                }
                 let key = chunk_key(&id);
+                let object = c.object.as_deref().unwrap_or_default();
                 let n = this.put_addressed_unsynced(&key, object).await?;
-                Ok::<_, StoreError>((key, n))
+                Ok((key, n))
             })
         }))
         .await?;
