@@ -86,21 +86,6 @@ fn prepare(
     ))
 }
 
-/// The `len` bytes of `file` at `start` (in a buffer of `pool`), or `None` if they are all in
-/// a hole (they read as zeroes: nothing to read).
-#[cfg(test)]
-pub(crate) fn read_chunk(
-    pool: &ChunkPool,
-    file: &File,
-    start: u64,
-    len: usize,
-) -> io::Result<Option<lifeboat_store::ChunkBuf>> {
-    if in_hole(file, start, len as u64) {
-        return Ok(None);
-    }
-    pool.read_exact_at(file, start, len).map(Some)
-}
-
 /// Whether `[start, start + len)` of `file` lies in a hole (Linux `SEEK_DATA`: the next data at
 /// or after `start` is past the range, or there is none). False when the filesystem cannot
 /// tell. A write racing with this is like one racing with a read: the caller copies an image
@@ -133,6 +118,20 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::os::unix::fs::FileExt;
+
+    /// The `len` bytes of `file` at `start` (in a buffer of `pool`), or `None` if they are all in
+    /// a hole (they read as zeroes: nothing to read).
+    fn read_chunk(
+        pool: &ChunkPool,
+        file: &File,
+        start: u64,
+        len: usize,
+    ) -> io::Result<Option<lifeboat_store::ChunkBuf>> {
+        if in_hole(file, start, len as u64) {
+            return Ok(None);
+        }
+        pool.read_exact_at(file, start, len).map(Some)
+    }
 
     #[test]
     fn reads_data_and_skips_holes() {

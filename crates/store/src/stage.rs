@@ -10,12 +10,13 @@
 //! only). The object is byte for byte what [`crate::PreparedChunk::new`] would store for an
 //! incompressible chunk, so readers, verify and GC see no difference.
 //!
-//! A chunk that would compress (the first 8 KiB of an even piece shrinks under zstd) or that is partly
-//! zero is left to the in-memory path ([`ChunkStager::stage`] returns `None`), as is a store
-//! that is not a local directory. A chunk already stored and fresh is kept and the staging file
-//! dropped; one older than the writer is replaced (same bytes) so that its age protects it from
-//! GC, as [`crate::PointWriter`] does for every object. Nothing is fsynced here: the writer
-//! syncs the keys with the rest of its batch, before its first index page.
+//! A chunk that would compress (the first 8 KiB of an even piece shrinks under zstd) or that
+//! is partly zero is left to the in-memory path ([`ChunkStager::stage`] returns `None`), as is
+//! a store that is not a local directory. A chunk already stored and fresh is kept and the
+//! staging file dropped; one older than the writer is replaced by the staging file (same
+//! bytes) so that its age protects it from GC, as [`crate::PointWriter`] does for every
+//! object. Nothing is fsynced here: the writer syncs the keys with the rest of its batch,
+//! before its first index page.
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -111,33 +112,22 @@ impl ChunkStager {
         drop(out);
         let key = chunk_key(&id);
         let path = self.root.join(&key);
-        let stored = match publish(&staging, &path, PutMode::Create)? {
-            PutOutcome::Written => Stored::New((CHUNK_HEADER_LEN + len) as u64),
-            PutOutcome::AlreadyExists => {
-                let fresh = std::fs::metadata(&path)
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|t| t >= self.fresh_since);
-                if fresh {
-                    Stored::Found
-                } else {
-                    // Older than the writer: written again, for its age. The staging file is
-                    // gone (publish removed it): stream the chunk once more.
-                    let (out, staging) = new_staging(&name)?;
-                    match self.fill(buf, file, start, len, &out) {
-                        Ok(Filled::Data(again)) if again == id => {}
-                        other => {
-                            drop(out);
-                            let _ = std::fs::remove_file(&staging);
-                            let _ = other?;
-                            // The image changed meanwhile: the in-memory path decides.
-                            return Ok(None);
-                        }
-                    }
-                    drop(out);
-                    publish(&staging, &path, PutMode::Overwrite)?;
-                    Stored::Rewritten
-                }
+        // As the writer's own puts: a fresh object is kept, an older one replaced (same bytes)
+        // for its age, else created (a create that loses a race finds a fresh object).
+        let existing = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let stored = match existing {
+            Some(t) if t >= self.fresh_since => {
+                let _ = std::fs::remove_file(&staging);
+                Stored::Found
             }
+            Some(_) => {
+                publish(&staging, &path, PutMode::Overwrite)?;
+                Stored::Rewritten
+            }
+            None => match publish(&staging, &path, PutMode::Create)? {
+                PutOutcome::Written => Stored::New((CHUNK_HEADER_LEN + len) as u64),
+                PutOutcome::AlreadyExists => Stored::Found,
+            },
         };
         Ok(Some(PreparedChunk::staged(len, id, key, stored)))
     }

@@ -59,10 +59,19 @@ impl PointMeta {
 pub struct PreparedChunk {
     len: usize,
     entry: Entry,
-    /// The chunk object, as parts to concatenate (none for a zero chunk).
-    object: Option<Vec<Bytes>>,
-    /// Already in the store, under this key ([`crate::ChunkStager`]): nothing to put.
-    staged: Option<(String, Stored)>,
+    /// What the writer has to store for it.
+    payload: Payload,
+}
+
+/// What storing a [`PreparedChunk`] takes.
+#[derive(Debug, Clone)]
+enum Payload {
+    /// Nothing (a zero chunk).
+    None,
+    /// Putting its object, as parts to concatenate.
+    Object(Vec<Bytes>),
+    /// Nothing: a [`crate::ChunkStager`] already wrote it, under this key, with this outcome.
+    Staged(String, Stored),
 }
 
 impl PreparedChunk {
@@ -78,8 +87,7 @@ impl PreparedChunk {
         PreparedChunk {
             len,
             entry: Entry::Chunk(id),
-            object: Some(encode_chunk_parts(data, &id, zstd_level).to_vec()),
-            staged: None,
+            payload: Payload::Object(encode_chunk_parts(data, &id, zstd_level).to_vec()),
         }
     }
 
@@ -101,8 +109,7 @@ impl PreparedChunk {
         PreparedChunk {
             len,
             entry: Entry::Chunk(id),
-            object: Some(object),
-            staged: None,
+            payload: Payload::Object(object),
         }
     }
 
@@ -111,8 +118,7 @@ impl PreparedChunk {
         PreparedChunk {
             len,
             entry: Entry::Chunk(id),
-            object: None,
-            staged: Some((key, stored)),
+            payload: Payload::Staged(key, stored),
         }
     }
 
@@ -122,8 +128,7 @@ impl PreparedChunk {
         PreparedChunk {
             len,
             entry: Entry::Zero,
-            object: None,
-            staged: None,
+            payload: Payload::None,
         }
     }
 
@@ -286,8 +291,6 @@ impl PointWriter {
         Ok(())
     }
 
-    /// Objects modified since this time are protected by this writer's lease (see the GC
-    /// argument in the crate doc).
     /// A [`crate::ChunkStager`] for this writer when the store is a local directory: chunks
     /// of an image streamed straight into the store, then given to
     /// [`PointWriter::set_prepared`] like any prepared chunk.
@@ -300,6 +303,8 @@ impl PointWriter {
         ))
     }
 
+    /// Objects modified since this time are protected by this writer's lease (see the GC
+    /// argument in the crate doc).
     fn fresh_since(&self) -> SystemTime {
         self.started
             .checked_sub(crate::gc::CLOCK_MARGIN)
@@ -469,21 +474,22 @@ impl PointWriter {
         }
         let this = &*self;
         let stored = futures::future::try_join_all(changes.iter().filter_map(|(_, _, c)| {
-            let Entry::Chunk(id) = c.entry else {
+            let (Entry::Chunk(id), payload) = (c.entry, &c.payload) else {
                 return None;
             };
-            if c.object.is_none() && c.staged.is_none() {
-                return None;
-            }
-            Some(async move {
-                if let Some((key, stored)) = &c.staged {
-                    return Ok::<_, StoreError>((key.clone(), *stored));
+            let object = match payload {
+                Payload::None => return None,
+                Payload::Object(object) => object,
+                Payload::Staged(key, stored) => {
+                    let done = Ok::<_, StoreError>((key.clone(), *stored));
+                    return Some(futures::future::Either::Left(std::future::ready(done)));
                 }
+            };
+            Some(futures::future::Either::Right(async move {
                 let key = chunk_key(&id);
-                let object = c.object.as_deref().unwrap_or_default();
                 let n = this.put_addressed_unsynced(&key, object).await?;
                 Ok((key, n))
-            })
+            }))
         }))
         .await?;
         let mut keys = Vec::with_capacity(stored.len());
