@@ -86,18 +86,13 @@ pub(super) async fn items(
     Extension(s): Extension<Session>,
     RawQuery(q): RawQuery,
 ) -> Response {
+    let bad = |m: String| message(&p, &s, StatusCode::BAD_REQUEST, "Replicated items", &m);
     let f: ItemFilter = match serde_urlencoded::from_str(q.as_deref().unwrap_or("")) {
         Ok(f) => f,
         Err(e) => {
-            return message(
-                &p,
-                &s,
-                StatusCode::BAD_REQUEST,
-                "Replicated items",
-                &format!(
-                    "bad filter: {e}; use ?health=healthy|warning|critical|none&state=<state>"
-                ),
-            )
+            return bad(format!(
+                "bad filter: {e}; use ?health=healthy|warning|critical|none&state=<state>"
+            ))
         }
     };
     let f = ItemFilter {
@@ -106,26 +101,16 @@ pub(super) async fn items(
     };
     if let Some(h) = &f.health {
         if !HEALTHS.contains(&h.as_str()) {
-            return message(
-                &p,
-                &s,
-                StatusCode::BAD_REQUEST,
-                "Replicated items",
-                &format!("unknown health {h:?}: use healthy, warning, critical or none"),
-            );
+            return bad(format!(
+                "unknown health {h:?}: use healthy, warning, critical or none"
+            ));
         }
     }
     if let Some(st) = &f.state {
         if st.parse::<lifeboat_types::ItemState>().is_err() {
-            return message(
-                &p,
-                &s,
-                StatusCode::BAD_REQUEST,
-                "Replicated items",
-                &format!(
-                    "unknown state {st:?}: use an item state such as protected or failed-over"
-                ),
-            );
+            return bad(format!(
+                "unknown state {st:?}: use an item state such as protected or failed-over"
+            ));
         }
     }
     let all = match p.vault.items() {
