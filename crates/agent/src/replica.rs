@@ -2,13 +2,14 @@
 //! [`PASS`] it processes what the store received (a "latest" point per pass with new records:
 //! the sub-second path of failover to `latest-processed`); every [`STORE_PASS`] it stores the
 //! points the store rule says are due (`lifeboat_process::StoreRule` for the item's policy: most
-//! points stay journal-backed) and applies the policy's retention.
+//! points stay journal-backed) and applies the policy's retention, rolling the base forward
+//! (`lifeboat_process::Processor::retain`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use lifeboat_process::{apply_retention, Cut, Processor, StoreRule};
+use lifeboat_process::{Cut, Processor, StoreRule};
 use lifeboat_store::{PointRecord, Store};
 use lifeboat_types::VmId;
 use lifeboat_vault::agent_wire::{ReplicaSpec, ReplicaStatus};
@@ -63,7 +64,7 @@ impl Replica {
             r.note_points(&points);
         }
         let me = r.clone();
-        *lock(&r.task) = Some(tokio::spawn(async move { me.run(store).await }));
+        *lock(&r.task) = Some(tokio::spawn(async move { me.run().await }));
         Ok(r)
     }
 
@@ -101,9 +102,9 @@ impl Replica {
         lock(&self.status).clone()
     }
 
-    async fn run(self: Arc<Self>, store: Store) {
-        // Which journal-backed points get stored: the item's policy's store rule (the
-        // retention it weighs journal against stored chunks over, its CDP window).
+    async fn run(self: Arc<Self>) {
+        // Which journal-backed points get stored: the item's policy's store rule (how far back
+        // the chain may reach); retention rolls the base forward and applies the policy.
         let policy = self.spec.policy.clone().unwrap_or_default();
         let rule = StoreRule {
             min_interval: Duration::from_secs(self.spec.store_secs),
@@ -123,7 +124,7 @@ impl Replica {
             if let Err(e) = self.processor.store_due_with(&rule).await {
                 tracing::warn!(vm = %self.vm, error = format!("{:#}", anyhow::Error::new(e)), "storing points failed; will retry");
             }
-            if let Err(e) = apply_retention(&store, &self.vm, &policy, SystemTime::now()).await {
+            if let Err(e) = self.processor.retain(&policy, SystemTime::now()).await {
                 tracing::warn!(vm = %self.vm, error = format!("{:#}", anyhow::Error::new(e)), "retention failed; will retry");
             }
         }

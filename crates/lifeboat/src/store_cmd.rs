@@ -16,7 +16,7 @@ use lifeboat_process::{
     format_utc_ms, open_point, parse_utc, state_at, ChunkChange, Cut, PointInTime, Processor,
     Target,
 };
-use lifeboat_store::{is_time_choice, Entry, PointRecord, Store};
+use lifeboat_store::{is_time_choice, Entry, PinRecord, PointRecord, Store};
 use lifeboat_types::{DiskId, Epoch, Seq, VmId};
 
 #[derive(Args)]
@@ -75,12 +75,12 @@ pub struct ProcessArgs {
     #[arg(long, default_value_t = 1000)]
     every_ms: u64,
     /// When to store journal-backed points (write their chunks). 0: store every point as it is
-    /// cut. Otherwise the store rule (`lifeboat_process::StoreRule`, 24 h retention), with no
-    /// point stored by age or cost sooner than this many seconds after its base:
-    /// app-consistent points, and the newest point once its base is 12 h old, its journal
-    /// would need a quarter of a reader's index budget, or keeping its journal over the
-    /// retention costs more than storing it. With --follow this runs beside the processing
-    /// loop, so cutting points never waits for it.
+    /// cut. Otherwise the store rule (`lifeboat_process::StoreRule`), with no point stored by
+    /// age or replay sooner than this many seconds after its base: app-consistent points, and
+    /// the newest point once its base is 25 h old, its journal would need a quarter of a
+    /// reader's index budget, or replaying its journal would read 4 times what storing it
+    /// writes (retention rolls the base forward besides). With --follow this runs beside the
+    /// processing loop, so cutting points never waits for it.
     #[arg(long, default_value_t = 300.0)]
     store_secs: f64,
 }
@@ -217,16 +217,17 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
     let store = open(&a.store)?;
     let vm = vm_id(&a.vm)?;
     let tmp = a.output.with_extension("restoring");
+    let disk = DiskId(a.disk);
     let result = runtime()?.block_on(async {
         if is_time_choice(&a.point) {
             let asked = parse_utc(&a.point).map_err(anyhow::Error::msg)?;
-            let pit = state_at(&store, &vm, Target::Time(asked)).await?;
-            write_disk(&store, &pit, DiskId(a.disk), &tmp).await?;
+            let open = || state_at(&store, &vm, Target::Time(asked));
+            let pit = write_pinned(&store, &vm, open, disk, &tmp).await?;
             return anyhow::Ok(Restored::Time { asked, pit });
         }
         let point = pick_point(&store, &vm, &a.point).await?;
-        let pit = open_point(&store, &vm, &point).await?;
-        write_disk(&store, &pit, DiskId(a.disk), &tmp).await?;
+        let open = || open_point(&store, &vm, &point);
+        write_pinned(&store, &vm, open, disk, &tmp).await?;
         anyhow::Ok(Restored::Point(point))
     });
     match result {
@@ -278,6 +279,66 @@ pub fn restore(a: RestoreArgs) -> Result<()> {
             )))
         }
     }
+}
+
+/// How long a restore's pin holds unless renewed (it is renewed every fifth of that).
+const RESTORE_LEASE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Opens a point with `open` and writes `disk` of it to `path` ([`write_disk`]) under a leased
+/// pin of what it reads (its base and journal), so that retention neither drops nor rolls past
+/// them meanwhile; the lease lapses by itself if this process is killed. A base that rolled
+/// forward between opening and pinning is seen (its record is gone) and the point opened again.
+async fn write_pinned<F, Fut>(
+    store: &Store,
+    vm: &VmId,
+    open: F,
+    disk: DiskId,
+    path: &Path,
+) -> Result<PointInTime>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<PointInTime, lifeboat_process::ProcessError>>,
+{
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let name = format!("restore-{}-{nanos}", std::process::id());
+    let note = format!("lifeboat restore of {disk} to {}", path.display());
+    let mut attempt = 0;
+    let (pit, pin) = loop {
+        attempt += 1;
+        let pit = open().await?;
+        let pin = PinRecord::leased(pit.base.seq().0, pit.seq.0, &note, RESTORE_LEASE);
+        store
+            .put_pin(vm, &name, &pin)
+            .await
+            .with_context(|| format!("pinning what the restore of VM {vm} reads"))?;
+        match store.get_point(vm, &pit.base.id).await {
+            Ok(_) => break (pit, pin),
+            Err(lifeboat_store::StoreError::PointNotFound { .. }) if attempt < 3 => continue,
+            Err(e) => {
+                let _ = store.delete_pin(vm, &name).await;
+                return Err(e)
+                    .with_context(|| format!("base point {} of the restore", pit.base.id));
+            }
+        }
+    };
+    let renew = async {
+        loop {
+            tokio::time::sleep(RESTORE_LEASE / 5).await;
+            if let Err(e) = store.put_pin(vm, &name, &pin).await {
+                tracing::warn!(error = %e, "renewing the restore's pin failed; will retry");
+            }
+        }
+    };
+    let written = tokio::select! {
+        r = write_disk(store, &pit, disk, path) => r,
+        () = renew => unreachable!("renewing never ends"),
+    };
+    if let Err(e) = store.delete_pin(vm, &name).await {
+        tracing::warn!(error = %e, pin = %name, "removing the restore's pin failed: it lapses by itself");
+    }
+    written.map(|()| pit)
 }
 
 /// Chunks the journal changed that [`write_disk`] builds in one pass over their segments.
@@ -510,6 +571,14 @@ pub fn retention(a: RetentionArgs) -> Result<()> {
             SystemTime::now(),
         ))
         .with_context(|| format!("applying retention to VM {vm}"))?;
+    for roll in &r.rolled {
+        println!(
+            "rolled the base forward from {} to {} ({} points re-based)",
+            roll.from,
+            roll.to,
+            roll.rebase.len()
+        );
+    }
     for (id, why) in &r.dropped {
         println!("dropped {id}: {why}");
     }

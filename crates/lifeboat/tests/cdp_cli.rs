@@ -102,6 +102,12 @@ fn restore_to_a_time_gives_the_disk_as_it_was_then() {
         String::from_utf8_lossy(&r.stdout)
     );
     assert_eq!(hash_file(&out), hash_file(&d.image));
+    // Each restore pinned what it read while it read it, and removed its pin at the end.
+    let pins = store.join("vms/cdp-1/pins");
+    let left: Vec<_> = std::fs::read_dir(&pins)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "pins left behind: {left:?}");
 
     // Before the window: a clear refusal, nothing written.
     let out = dir.join("too-early.img");
@@ -152,9 +158,35 @@ fn restore_to_a_time_builds_every_changed_chunk() {
     run_ok(q.arg(s.uri()));
     stop(&mut procs, &s);
 
+    // While the restore reads, a leased pin of what it reads is in the store (retention keeps
+    // its base and journal, and does not roll past them); it is gone afterwards.
+    let pins = std::path::Path::new(&store).join("vms/cdp-1/pins");
+    let done = std::sync::atomic::AtomicBool::new(false);
     let out = dir.join("at-end.img");
-    let r = restore(&store, &at(SystemTime::now()), &out);
+    let (r, seen) = std::thread::scope(|sc| {
+        let watcher = sc.spawn(|| {
+            let mut seen: Vec<String> = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                for e in std::fs::read_dir(&pins).into_iter().flatten().flatten() {
+                    if let Ok(body) = std::fs::read_to_string(e.path()) {
+                        seen.push(body);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            seen
+        });
+        let r = restore(&store, &at(SystemTime::now()), &out);
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        (r, watcher.join().unwrap())
+    });
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        seen.iter()
+            .any(|b| b.contains("lifeboat restore") && b.contains("\"lease_secs\":600")),
+        "no leased pin seen during the restore: {seen:?}"
+    );
+    assert_eq!(std::fs::read_dir(&pins).map_or(0, |d| d.count()), 0);
     let stdout = String::from_utf8_lossy(&r.stdout);
     assert!(stdout.contains(" plus 25 records"), "{stdout}");
     assert_eq!(hash_file(&out), hash_file(&d.image), "restore at the end");

@@ -28,8 +28,9 @@
 //! every point stays inside the policy's 2 h keep-all window and the reference, over all the
 //! points, is what the store must keep); after each round the processor cuts the point
 //! journal-backed, stores what `Processor::store_due_with(StoreRule::for_policy(policy))` says is
-//! due, and `apply_retention` runs at the round's time under the default policy (24 h retention,
-//! 1 h CDP window) with ROUND_SECS as its crash-consistent interval. Store bytes then count the
+//! due, and `Processor::retain` (retention, rolling the base forward first) runs at the round's
+//! time under the default policy (24 h retention, 1 h CDP window) with ROUND_SECS as its
+//! crash-consistent interval. Store bytes then count the
 //! journal segments retention keeps as well: they are what the journal-backed points are made
 //! of. When retention dropped points (points further apart than the 2 h keep-all window
 //! allows), the reference is also computed over the kept points alone, read back through
@@ -58,7 +59,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use lifeboat_journal::{Journal, JournalConfig};
 use lifeboat_policy::ReplicationPolicy;
-use lifeboat_process::{apply_retention, open_point, Cut, Processor, StoreRule};
+use lifeboat_process::{open_point, Cut, Processor, StoreRule};
 use lifeboat_ship::Shipper;
 use lifeboat_store::{PointRecord, Store, StoreConfig};
 use lifeboat_types::{CheckpointKind, DiskId, Epoch, Seq, VmId};
@@ -564,6 +565,7 @@ async fn main() {
     let mut buf = vec![0u8; MIB];
     let mut touched: Vec<bool> = vec![false; disk_size / BLOCK];
     let (mut stored_points, mut dropped_points, mut deleted_segments) = (0usize, 0usize, 0usize);
+    let mut rolled = 0usize;
     for r in 1..=points {
         let ops = round_ops(&mut rng, disk_size, hot, round);
         let mut blocks: Vec<usize> = Vec::new();
@@ -622,9 +624,19 @@ async fn main() {
                 );
             }
             stored_points += stored.len();
-            let ret = apply_retention(&store, &vm, &policy, round_time)
+            let ret = processor
+                .retain(&policy, round_time)
                 .await
                 .expect("retention");
+            for roll in &ret.rolled {
+                eprintln!(
+                    "round {r}: base rolled from {} to {} ({} points re-based)",
+                    roll.from,
+                    roll.to,
+                    roll.rebase.len()
+                );
+            }
+            rolled += ret.rolled.len();
             dropped_points += ret.dropped.len();
             deleted_segments += ret.segments_deleted;
             cut.points.into_iter().next().expect("cut point")
@@ -744,7 +756,7 @@ async fn main() {
     if journal_mode {
         let jb = kept.iter().filter(|p| p.is_journal_backed()).count();
         eprintln!(
-            "points kept {} ({} journal-backed, {} stored), stored during the run {stored_points}, dropped {dropped_points}; segments deleted {deleted_segments}; newest chain: {:?}",
+            "points kept {} ({} journal-backed, {} stored), stored during the run {stored_points} (besides {rolled} rolls of the base), dropped {dropped_points}; segments deleted {deleted_segments}; newest chain: {:?}",
             kept.len(),
             jb,
             kept.len() - jb,

@@ -37,15 +37,19 @@
 //!
 //! [`Processor::store_due_with`] stores what the **store rule** ([`StoreRule`], see the `plan`
 //! module) says is due: every app-consistent point; and the newest journal-backed point when
-//! indexing its journal would take a quarter of a reader's budget ([`INDEX_BUDGET`]), when its
-//! base is [`StoreRule::max_chain_age`] old (12 h by default), or when keeping its journal over
-//! the retention costs more than storing it — `J × min(Δt, R) / R ≥ S`, with `J` the stored
-//! journal bytes since its base, `Δt` the time since its base, `R` the retention and `S` the
-//! chunks touched since the base times the store's mean stored chunk size ([`chain_due`]); the
-//! processor keeps the touched chunks since its newest stored point, so asking is cheap.
-//! [`Processor::store_due`]`(interval)` is that rule with `interval` as the minimum spacing
-//! (and a 24 h retention); a zero interval stores every point as it is cut
-//! ([`points_to_store`]).
+//! indexing its journal would take a quarter of a reader's budget ([`INDEX_BUDGET`]), when
+//! replaying its journal would read [`StoreRule::max_replay_factor`] (4) times what storing it
+//! writes — `J ≥ 4 × S`, with `J` the stored journal bytes since its base and `S` the chunks
+//! touched since the base times the store's mean stored chunk size ([`chain_due`]) — or when
+//! its base is [`StoreRule::max_chain_age`] old (the retention plus an hour). The processor
+//! keeps the touched chunks since its newest stored point, so asking is cheap.
+//! [`Processor::store_due`]`(interval)` is that rule with `interval` as the minimum spacing; a
+//! zero interval stores every point as it is cut ([`points_to_store`]).
+//!
+//! Otherwise the base **rolls forward** with retention ([`Processor::roll_bases`],
+//! [`plan_rolls`]): when thinning drops a base, the oldest point kept after it is stored and the
+//! points after it are re-based on it, so the old base and its journal go. The store holds one
+//! base at the start of the kept history plus the journal since.
 //!
 //! Every journal prefix is a crash-consistent state of the VM (one journal, one order, for all
 //! its disks), so a point at any record position is a valid crash-consistent point.
@@ -79,7 +83,8 @@
 //!
 //! ## Retention
 //!
-//! [`apply_retention`] acts on [`plan_retention`] (pure): journal-backed "latest" points only
+//! [`apply_retention`] ([`Processor::retain`]) rolls the bases forward, then acts on
+//! [`plan_retention`] (pure): journal-backed "latest" points only
 //! inside the CDP window; ASR's thinning and the policy's retention over the other points; the
 //! base of every kept journal-backed point pinned, and the journal from its base to its
 //! position kept, however old (beyond the CDP window too); the journal kept from the stored
@@ -100,7 +105,10 @@ mod overlay;
 mod plan;
 mod processor;
 mod retention;
+mod roll;
 mod seed;
+#[cfg(test)]
+mod synthetic;
 
 pub use cdp::{
     format_utc_ms, open_point, parse_utc, state_at, state_at_within, Target, INDEX_BUDGET,
@@ -109,10 +117,12 @@ pub use lag::{percentile, record_lags, Lags};
 pub use overlay::{ChunkChange, PointInTime, SegmentCacheStats, SEGMENT_CACHE_BYTES};
 pub use plan::{
     app_points_to_store, chain_due, plan_retention, plan_retention_pinned, points_to_store, Chain,
-    PointView, RetentionPlan, StoreReason, StoreRule, DEFAULT_MAX_CHAIN_AGE, JOURNAL_END,
+    PointView, RetentionPlan, StoreReason, StoreRule, CHAIN_AGE_SLACK, DEFAULT_MAX_CHAIN_AGE,
+    JOURNAL_END,
 };
 pub use processor::{CopyOptions, Cut, ProcessError, ProcessReport, Processor, Progress};
 pub use retention::{apply_retention, RetentionReport};
+pub use roll::{plan_rolls, Roll};
 
 /// The budget of [`state_at_within`] under its old name: it bounded the materialized chunks,
 /// it now bounds the index of the journal ([`INDEX_BUDGET`]).

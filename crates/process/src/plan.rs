@@ -7,36 +7,35 @@
 //!
 //! Points are cut journal-backed. Storing one (writing every chunk the journal changed since
 //! its base) costs about `touched chunks × stored chunk size`: with 4 MiB chunks and small
-//! writes that is many times the bytes written, so most points stay journal-backed and the
-//! store keeps, for them, the journal from their base. A point is stored when:
+//! writes that is many times the bytes written, and in a steady state it duplicates what the
+//! kept journal already holds. So points stay journal-backed, and the store keeps, for them,
+//! the journal from their base; **the base rolls forward** instead ([`plan_rolls`]): when
+//! thinning drops a base, the oldest kept point after it is stored and becomes the base, so the
+//! store holds one base at the start of the retention plus the journal since, as Zerto keeps
+//! its replica at the start of its journal. A point is stored besides when:
 //!
 //! 1. it is **app-consistent** ([`StoreRule::store_app_consistent`], on by default): the points
 //!    operators restore most, kept longest by thinning, and read then without any journal;
 //! 2. the **index** of the journal since the base would take a quarter of what a reader may
 //!    use ([`StoreRule::max_chain_index_bytes`], [`crate::INDEX_BUDGET`] / 4): reading any
 //!    kept point then never runs into [`crate::ProcessError::TooFarFromBase`];
-//! 3. the base is **older than** [`StoreRule::max_chain_age`] (12 h by default): the journal a
-//!    restore replays stays bounded in time, and a base is never pinned for ever;
-//! 4. storing is **cheaper over the retention**: with `J` the stored journal bytes from the base
-//!    to the point, `Δt` the time between them, `R` the retention and `S` what storing adds
-//!    (chunks touched since the base × the store's mean stored chunk size),
-//!    `J × min(Δt, R) / R ≥ S`.
+//! 3. the base is **older than** [`StoreRule::max_chain_age`] (the retention plus an hour by
+//!    default): rolling keeps the base within the retention, so this fires only when rolling
+//!    is held back (a reader's pin, a point in the future);
+//! 4. **replaying** the journal since the base would read more than
+//!    [`StoreRule::max_replay_factor`] (4) times what storing the point writes: `J ≥ 4 × S`,
+//!    with `J` the stored journal bytes from the base to the point and `S` the chunks touched
+//!    since the base × the store's mean stored chunk size. This bounds what reading the newest
+//!    point (a failover) replays for a VM whose journal over the retention dwarfs its disk.
 //!
 //! Rules 3 and 4 apply only to the newest journal-backed point, and only once it is
 //! [`StoreRule::min_interval`] after its base (rule 2 ignores that: memory comes first).
 //!
-//! Why rule 4: in a steady state the store keeps the journal of the whole retention (every kept
-//! journal-backed point needs the journal from its base) plus, per stored point, the chunks
-//! changed since the previous one. Storing every `X` journal bytes, with `H` the journal of one
-//! retention period and `S` the cost of one stored point, keeps about `H + X/2 + (H/X) × S`;
-//! that is smallest at `X² ≈ H × S`. Estimating `H` from the chain's own rate,
-//! `H = J × R / Δt`, turns `J² ≥ H × S` into rule 4. A VM whose journal over the retention is
-//! small next to what storing costs is stored rarely (the journal is the cheaper history, and
-//! rule 3 bounds the chain); one whose journal dwarfs it is stored every `√(H × S)` bytes of
-//! journal. With `Δt = R` the rule is the classic "store once the journal costs as much as
-//! storing". `S` counts whole chunks: with 4 MiB chunks and writes spread over the disk a
-//! stored point costs about the whole disk, which is what keeps a steady state past the
-//! retention above the unique data written (bench/RESULTS.md, issue 3).
+//! Why not store more often: a stored point between the base and the newest point releases no
+//! journal (the kept points before it still read the journal from the base) and costs `S` until
+//! the base rolls up to it. Before rolling (up to 2026-11-28) a cost rule stored the newest
+//! point when `J × min(Δt, R) / R ≥ S`; over a steady state past the retention the store then
+//! kept 1.46–1.65× the unique data (bench/RESULTS.md, issue 3).
 //!
 //! [`points_to_store`] is the eager rule of before (every marker point, and the newest "latest"
 //! point once per interval), still what [`crate::Processor::store_due`] does with a zero
@@ -94,22 +93,30 @@ impl PointView {
 /// When [`crate::Processor::store_due_with`] stores a journal-backed point (see the module doc).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreRule {
-    /// No point is stored by age or cost less than this after its base (default 5 min, the
+    /// No point is stored by age or replay less than this after its base (default 5 min, the
     /// policy's default crash-consistent interval).
     pub min_interval: Duration,
-    /// The newest journal-backed point is stored once its base is this old (default 12 h).
+    /// The newest journal-backed point is stored once its base is this old (default
+    /// [`DEFAULT_MAX_CHAIN_AGE`]; [`StoreRule::for_policy`]: the retention plus an hour).
     pub max_chain_age: Duration,
     /// The newest journal-backed point is stored once indexing the journal since its base
     /// would take this much memory (default [`crate::INDEX_BUDGET`] / 4).
     pub max_chain_index_bytes: u64,
-    /// The retention the cost rule weighs against (the policy's; default 24 h).
-    pub retention: Duration,
+    /// The newest journal-backed point is stored once the journal since its base is this many
+    /// times what storing it would write (default 4).
+    pub max_replay_factor: u64,
     /// Store every app-consistent point (default on).
     pub store_app_consistent: bool,
 }
 
-/// Default [`StoreRule::max_chain_age`]: 12 hours.
-pub const DEFAULT_MAX_CHAIN_AGE: Duration = Duration::from_secs(12 * 3600);
+/// Default [`StoreRule::max_chain_age`]: 25 hours, the default retention plus an hour.
+pub const DEFAULT_MAX_CHAIN_AGE: Duration =
+    Duration::from_secs(DEFAULT_RETENTION.as_secs() + CHAIN_AGE_SLACK.as_secs());
+
+/// What [`StoreRule::for_policy`] adds to the retention for [`StoreRule::max_chain_age`]:
+/// rolling keeps the base within the retention, and the oldest kept point may be a thinning
+/// bucket (an hour) older than that.
+pub const CHAIN_AGE_SLACK: Duration = Duration::from_secs(3600);
 
 impl Default for StoreRule {
     fn default() -> Self {
@@ -117,18 +124,17 @@ impl Default for StoreRule {
             min_interval: Duration::from_secs(300),
             max_chain_age: DEFAULT_MAX_CHAIN_AGE,
             max_chain_index_bytes: crate::INDEX_BUDGET / 4,
-            retention: DEFAULT_RETENTION,
+            max_replay_factor: 4,
             store_app_consistent: true,
         }
     }
 }
 
 impl StoreRule {
-    /// The default rule weighed against `policy`'s retention.
+    /// The default rule for `policy`: the chain may reach back over the retention.
     pub fn for_policy(policy: &ReplicationPolicy) -> Self {
         StoreRule {
-            retention: policy.retention,
-            max_chain_age: DEFAULT_MAX_CHAIN_AGE.min(policy.retention),
+            max_chain_age: policy.retention.saturating_add(CHAIN_AGE_SLACK),
             ..StoreRule::default()
         }
     }
@@ -169,16 +175,6 @@ impl Chain {
     pub fn store_bytes(&self) -> u64 {
         self.touched_chunks.saturating_mul(self.chunk_bytes)
     }
-
-    /// The journal bytes rule 4 weighs: `J × min(Δt, R) / R`.
-    pub fn weighted_journal_bytes(&self, retention: Duration) -> u64 {
-        let r = retention.as_millis();
-        if r == 0 {
-            return self.journal_bytes;
-        }
-        let t = self.age().as_millis().min(r);
-        u64::try_from(u128::from(self.journal_bytes) * t / r).unwrap_or(u64::MAX)
-    }
 }
 
 /// Why a point is stored.
@@ -192,11 +188,12 @@ pub enum StoreReason {
     ChainIndex(u64),
     /// The base reached the maximum age.
     ChainAge(Duration),
-    /// Storing is cheaper over the retention: weighted journal bytes, bytes storing adds.
-    Cheaper {
-        /// `J × min(Δt, R) / R`.
-        weighted_journal: u64,
-        /// Touched chunks × stored chunk size.
+    /// Replaying the journal since the base would read too much: its bytes, and what
+    /// storing adds.
+    Replay {
+        /// `J`: the stored journal bytes since the base.
+        journal: u64,
+        /// `S`: touched chunks × stored chunk size.
         store: u64,
     },
 }
@@ -210,13 +207,12 @@ impl std::fmt::Display for StoreReason {
                 write!(f, "reading it would index {} MiB of journal", b >> 20)
             }
             StoreReason::ChainAge(d) => write!(f, "its base is {} s old", d.as_secs()),
-            StoreReason::Cheaper {
-                weighted_journal,
-                store,
-            } => write!(
+            StoreReason::Replay { journal, store } => write!(
                 f,
-                "keeping its journal over the retention ({weighted_journal} B weighted) costs \
-                 more than storing it (~{store} B)"
+                "reading it would replay {} MiB of journal, more than 4 times what storing it \
+                 writes (~{} MiB)",
+                journal >> 20,
+                store >> 20
             ),
         }
     }
@@ -252,12 +248,10 @@ pub fn chain_due(chain: &Chain, rule: &StoreRule) -> Option<StoreReason> {
     if age >= rule.max_chain_age {
         return Some(StoreReason::ChainAge(age));
     }
-    let weighted_journal = chain.weighted_journal_bytes(rule.retention);
     let store = chain.store_bytes();
-    (weighted_journal >= store && chain.touched_chunks > 0).then_some(StoreReason::Cheaper {
-        weighted_journal,
-        store,
-    })
+    let journal = chain.journal_bytes;
+    (chain.touched_chunks > 0 && journal >= store.saturating_mul(rule.max_replay_factor))
+        .then_some(StoreReason::Replay { journal, store })
 }
 
 /// The eager rule: every journal-backed point cut at a checkpoint marker, and the newest
@@ -308,6 +302,10 @@ pub struct RetentionPlan {
     /// ending at `Seq(u64::MAX)` runs to the end of the journal. A stored segment none of whose
     /// records is in a range may be deleted ([`RetentionPlan::keeps_records`]).
     pub journal: Vec<(Seq, Seq)>,
+    /// Stored points in `keep` only as a base: thinning dropped them, but a kept
+    /// journal-backed point, a reader's pin or the CDP window is read through them. These are
+    /// what rolling the base forward releases ([`crate::plan_rolls`]).
+    pub bases_only: BTreeSet<String>,
 }
 
 impl RetentionPlan {
@@ -375,23 +373,9 @@ pub fn plan_retention_pinned(
     }
     let thin = points_to_keep(&metas, policy, now);
     let mut keep: BTreeSet<String> = thin.keep.iter().cloned().collect();
+    let mut bases_only: BTreeSet<String> = BTreeSet::new();
     drop.extend(thin.drop.iter().map(|(id, r)| (id.clone(), r.to_string())));
-    // The base of a journal-backed point: the one its record names (readers may use a newer
-    // stored point, but the record must stay true), else the newest stored one before it.
-    let base_of = |p: &PointView| {
-        let recorded = p
-            .base
-            .as_ref()
-            .and_then(|b| sorted.iter().find(|x| &x.id == b && !x.journal_backed));
-        recorded
-            .or_else(|| {
-                sorted
-                    .iter()
-                    .rev()
-                    .find(|b| !b.journal_backed && b.seq <= p.seq)
-            })
-            .map(|b| (b.id.clone(), b.seq))
-    };
+    let base_of = |p: &PointView| base_of(&sorted, p).map(|b| (b.id.clone(), b.seq));
     let mut journal: Vec<(Seq, Seq)> = Vec::new();
     let kept_jb: Vec<&PointView> = sorted
         .iter()
@@ -404,6 +388,7 @@ pub fn plan_retention_pinned(
                 journal.push((seq.next(), p.seq));
                 if keep.insert(id.clone()) {
                     drop.retain(|(d, _)| *d != id);
+                    bases_only.insert(id);
                 }
             }
             // Unreadable without a base; keep what it might need.
@@ -415,6 +400,7 @@ pub fn plan_retention_pinned(
         if let Some(b) = sorted.iter().find(|b| !b.journal_backed && b.seq == base) {
             if keep.insert(b.id.clone()) {
                 drop.retain(|(d, _)| *d != b.id);
+                bases_only.insert(b.id.clone());
             }
         }
     }
@@ -430,6 +416,7 @@ pub fn plan_retention_pinned(
             let (id, seq) = (b.id.clone(), b.seq);
             if keep.insert(id.clone()) {
                 drop.retain(|(d, _)| *d != id);
+                bases_only.insert(id);
             }
             seq.next()
         }
@@ -442,7 +429,26 @@ pub fn plan_retention_pinned(
         drop,
         future: thin.future,
         journal: merge_ranges(journal),
+        bases_only,
     }
+}
+
+/// The base of journal-backed point `p` among `sorted` (by position): the one its record names
+/// (readers may use a newer stored point, but the record must stay true), else the newest
+/// stored one before it.
+pub(crate) fn base_of<'a>(sorted: &[&'a PointView], p: &PointView) -> Option<&'a PointView> {
+    let recorded = p
+        .base
+        .as_ref()
+        .and_then(|b| sorted.iter().find(|x| &x.id == b && !x.journal_backed));
+    recorded
+        .or_else(|| {
+            sorted
+                .iter()
+                .rev()
+                .find(|b| !b.journal_backed && b.seq <= p.seq)
+        })
+        .copied()
 }
 
 /// Sorts inclusive ranges and merges those that overlap or touch.
@@ -500,9 +506,8 @@ mod pin_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::synthetic::{at, history, now_at, Rng, HOUR, MIN};
     use std::time::UNIX_EPOCH;
-
-    const MIN: u64 = 60;
 
     fn p(seq: u64, secs: u64, journal_backed: bool, origin: PointOrigin) -> PointView {
         PointView {
@@ -619,7 +624,6 @@ mod tests {
     }
 
     const MIB: u64 = 1 << 20;
-    const HOUR: u64 = 3600;
 
     fn chain(age_secs: u64, journal: u64, touched: u64, index: u64) -> Chain {
         let t = UNIX_EPOCH + Duration::from_secs(1_000_000);
@@ -636,45 +640,45 @@ mod tests {
     }
 
     #[test]
-    fn a_chain_is_stored_when_keeping_its_journal_over_the_retention_costs_more() {
-        let rule = StoreRule::default(); // 5 min .. 12 h, retention 24 h
-                                         // 100 MiB of journal over 6 h weighs 25 MiB against a 24 h retention.
-        let c = chain(6 * HOUR, 100 * MIB, 10, 0);
-        assert_eq!(c.weighted_journal_bytes(rule.retention), 25 * MIB);
+    fn a_chain_is_stored_when_replaying_it_would_read_four_times_what_storing_writes() {
+        // 5 min .. 25 h, replay factor 4; 10 chunks of 2 MiB: storing writes 20 MiB.
+        let rule = StoreRule::default();
         assert_eq!(
-            chain_due(&c, &rule),
-            Some(StoreReason::Cheaper {
-                weighted_journal: 25 * MIB,
+            chain_due(&chain(6 * HOUR, 80 * MIB, 10, 0), &rule),
+            Some(StoreReason::Replay {
+                journal: 80 * MIB,
                 store: 20 * MIB
             })
         );
-        // Storing 13 chunks (26 MiB) costs more: stays journal-backed.
-        assert_eq!(chain_due(&chain(6 * HOUR, 100 * MIB, 13, 0), &rule), None);
-        // The same journal written in 1 h weighs 1/24 of it.
-        assert_eq!(chain_due(&chain(HOUR, 100 * MIB, 10, 0), &rule), None);
-        assert!(chain_due(&chain(HOUR, 500 * MIB, 10, 0), &rule).is_some());
+        assert_eq!(
+            chain_due(&chain(6 * HOUR, 80 * MIB - 1, 10, 0), &rule),
+            None
+        );
+        // However long ago the base is (within the maximum age) and however little was written.
+        assert!(chain_due(&chain(24 * HOUR, 80 * MIB, 10, 0), &rule).is_some());
+        assert_eq!(chain_due(&chain(24 * HOUR, 79 * MIB, 10, 0), &rule), None);
         // Nothing touched: nothing to gain by storing.
         assert_eq!(chain_due(&chain(6 * HOUR, 100 * MIB, 0, 0), &rule), None);
-        // A zero retention weighs the journal whole (the classic break-even).
-        let r0 = StoreRule {
-            retention: Duration::ZERO,
+        // The factor is the rule's.
+        let r1 = StoreRule {
+            max_replay_factor: 1,
             ..rule.clone()
         };
-        assert!(chain_due(&chain(600, 20 * MIB, 10, 0), &r0).is_some());
-        assert_eq!(chain_due(&chain(600, 19 * MIB, 10, 0), &r0), None);
+        assert!(chain_due(&chain(600, 20 * MIB, 10, 0), &r1).is_some());
+        assert_eq!(chain_due(&chain(600, 19 * MIB, 10, 0), &r1), None);
     }
 
     #[test]
-    fn age_and_index_bound_the_chain_and_the_minimum_interval_holds_cost_and_age() {
+    fn age_and_index_bound_the_chain_and_the_minimum_interval_holds_replay_and_age() {
         let rule = StoreRule::default();
-        // Cheap to store, but younger than the minimum interval.
+        // Replay-due, but younger than the minimum interval.
         assert_eq!(chain_due(&chain(299, 10_000 * MIB, 1, 0), &rule), None);
-        // Expensive to store, but the base is 12 h old.
+        // Expensive to store, but the base is 25 h old.
         assert_eq!(
-            chain_due(&chain(12 * HOUR, MIB, 1000, 0), &rule),
-            Some(StoreReason::ChainAge(Duration::from_secs(12 * HOUR)))
+            chain_due(&chain(25 * HOUR, MIB, 1000, 0), &rule),
+            Some(StoreReason::ChainAge(Duration::from_secs(25 * HOUR)))
         );
-        assert_eq!(chain_due(&chain(12 * HOUR - 1, MIB, 1000, 0), &rule), None);
+        assert_eq!(chain_due(&chain(25 * HOUR - 1, MIB, 1000, 0), &rule), None);
         // The index bound wins even inside the minimum interval.
         let big = rule.max_chain_index_bytes;
         assert_eq!(
@@ -682,16 +686,19 @@ mod tests {
             Some(StoreReason::ChainIndex(big))
         );
         assert_eq!(chain_due(&chain(1, MIB, 1000, big - 1), &rule), None);
-        // A policy's retention shortens the maximum age and weighs the cost.
+        // A policy's retention sets the maximum age: the retention plus an hour.
         let short = ReplicationPolicy {
             retention: Duration::from_secs(2 * HOUR),
             ..ReplicationPolicy::default()
         };
         let r = StoreRule::for_policy(&short);
-        assert_eq!(r.max_chain_age, Duration::from_secs(2 * HOUR));
-        assert_eq!(r.retention, Duration::from_secs(2 * HOUR));
-        assert!(chain_due(&chain(HOUR, 100 * MIB, 20, 0), &r).is_some());
-        assert!(chain_due(&chain(HOUR, 100 * MIB, 20, 0), &rule).is_none());
+        assert_eq!(r.max_chain_age, Duration::from_secs(3 * HOUR));
+        assert!(chain_due(&chain(3 * HOUR, MIB, 1000, 0), &r).is_some());
+        assert!(chain_due(&chain(3 * HOUR, MIB, 1000, 0), &rule).is_none());
+        assert_eq!(
+            StoreRule::for_policy(&ReplicationPolicy::default()).max_chain_age,
+            DEFAULT_MAX_CHAIN_AGE
+        );
     }
 
     #[test]
@@ -716,19 +723,6 @@ mod tests {
         assert!(app_points_to_store(&pts, &off).is_empty());
     }
 
-    /// A point at `mins` minutes (an hour-aligned start), position `seq`.
-    fn at(seq: u64, mins: u64, jb: bool, base: Option<u64>) -> PointView {
-        PointView {
-            id: format!("{seq:020}-crash"),
-            seq: Seq(seq),
-            time: UNIX_EPOCH + Duration::from_secs(1000 * HOUR + mins * MIN),
-            kind: CheckpointKind::CrashConsistent,
-            journal_backed: jb,
-            origin: PointOrigin::Marker,
-            base: base.map(|b| format!("{b:020}-crash")),
-        }
-    }
-
     /// Stored points at 0 and 330 min; journal-backed marker points every 30 min on the newest
     /// stored point before them (position = minutes).
     fn two_bases() -> Vec<PointView> {
@@ -739,10 +733,6 @@ mod tests {
             }
         }
         pts
-    }
-
-    fn now_at(mins: u64) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(1000 * HOUR + mins * MIN)
     }
 
     #[test]
@@ -827,37 +817,9 @@ mod tests {
 
     #[test]
     fn retention_invariants_over_synthetic_histories() {
-        // xorshift: a deterministic spread of histories.
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         for _ in 0..300 {
-            let mut pts = vec![at(0, 0, false, None)];
-            let mut base = 0u64;
-            let n = 5 + next() % 60;
-            let step = 5 + next() % 60;
-            for i in 1..=n {
-                let m = i * step;
-                let stored = next() % 7 == 0;
-                let mut v = at(m, m, !stored, (!stored).then_some(base));
-                if next() % 3 == 0 {
-                    v.origin = PointOrigin::Latest;
-                }
-                if stored {
-                    base = m;
-                }
-                pts.push(v);
-            }
-            let policy = ReplicationPolicy {
-                retention: Duration::from_secs((1 + next() % 30) * HOUR),
-                cdp_window: Duration::from_secs((next() % 2) * HOUR),
-                ..ReplicationPolicy::default()
-            };
-            let now = now_at(n * step + next() % 600);
+            let (pts, policy, now, _) = history(&mut rng, 60, 7, 3);
             let plan = plan_retention(&pts, &policy, now);
             for p in &pts {
                 let kept = plan.keep.contains(&p.id);

@@ -550,10 +550,10 @@ impl Processor {
     ///   tools and tests that want stored points ask (`lifeboat process --store-secs 0`).
     /// * otherwise: the product's rule, [`Processor::store_due_with`] with
     ///   [`StoreRule::default`] and `interval` as [`StoreRule::min_interval`] (no point is stored
-    ///   by age or cost less than `interval` after its base): app-consistent points, and the
-    ///   newest journal-backed point once its base is 12 h old, reading it would index a
-    ///   quarter of [`crate::INDEX_BUDGET`], or keeping its journal over a 24 h retention costs
-    ///   more than storing it. Callers that know the VM's policy use
+    ///   by age or replay less than `interval` after its base): app-consistent points, and the
+    ///   newest journal-backed point once its base is 25 h old, reading it would index a
+    ///   quarter of [`crate::INDEX_BUDGET`], or replaying its journal would read 4 times what
+    ///   storing it writes. Callers that know the VM's policy use
     ///   [`Processor::store_due_with`] and [`StoreRule::for_policy`].
     ///
     /// Until issue 3 a non-zero `interval` meant "store every marker point, and the newest

@@ -1,6 +1,8 @@
 //! Retention at the secondary: which recovery points and journal segments a VM keeps.
 //!
-//! [`apply_retention`] runs the pure planner ([`crate::plan_retention`]: ASR's thinning, the
+//! [`apply_retention`] first rolls the VM's bases forward ([`Processor::roll_bases`], planned
+//! by [`crate::plan_rolls`]: a base thinning dropped is replaced by the oldest point kept after
+//! it, so that it and the journal before the new base can go), then runs the pure planner ([`crate::plan_retention`]: ASR's thinning, the
 //! policy's retention, journal-backed "latest" points only inside the CDP window, the base of
 //! every kept journal-backed point pinned) over the VM's points and deletes the dropped ones;
 //! deletes every stored journal segment none of whose records the plan keeps (each kept
@@ -17,7 +19,8 @@ use lifeboat_store::{GcReport, Store};
 use lifeboat_types::{Seq, VmId};
 
 use crate::plan::{plan_retention_pinned, PointView};
-use crate::ProcessError;
+use crate::roll::{plan_rolls, Roll};
+use crate::{ProcessError, Processor};
 
 /// What [`apply_retention`] did.
 #[derive(Debug, Default)]
@@ -34,10 +37,84 @@ pub struct RetentionReport {
     pub segment_bytes_deleted: u64,
     /// What garbage collection deleted.
     pub gc: GcReport,
+    /// Bases rolled forward before the points were judged (see [`Processor::roll_bases`]).
+    pub rolled: Vec<Roll>,
 }
 
-/// Applies `policy` to `vm`'s points and segments in `store` at time `now` (see the module doc).
+/// Applies `policy` to `vm`'s points and segments in `store` at time `now` (see the module
+/// doc): [`Processor::retain`] with a processor of its own.
 pub async fn apply_retention(
+    store: &Store,
+    vm: &VmId,
+    policy: &ReplicationPolicy,
+    now: SystemTime,
+) -> Result<RetentionReport, ProcessError> {
+    Processor::new(store.clone(), vm.clone())
+        .retain(policy, now)
+        .await
+}
+
+impl Processor {
+    /// Applies `policy` at `now`: rolls the bases forward ([`Processor::roll_bases`]), then
+    /// deletes the points and segments the plan drops and collects garbage.
+    pub async fn retain(
+        &self,
+        policy: &ReplicationPolicy,
+        now: SystemTime,
+    ) -> Result<RetentionReport, ProcessError> {
+        let rolled = self.roll_bases(policy, now).await?;
+        let mut report = release(&self.store, &self.vm, policy, now).await?;
+        report.rolled = rolled;
+        Ok(report)
+    }
+
+    /// Rolls the VM's bases forward as [`crate::plan_rolls`] plans: stores each roll's new base
+    /// (if it is journal-backed), then re-bases the points after it that were read through the
+    /// old one ([`lifeboat_store::Store::rebase_journal_point`]). Returns the rolls done.
+    pub async fn roll_bases(
+        &self,
+        policy: &ReplicationPolicy,
+        now: SystemTime,
+    ) -> Result<Vec<Roll>, ProcessError> {
+        let se = |e| self.store_err(e);
+        let points = self.store.list_points(&self.vm).await.map_err(se)?;
+        let views: Vec<PointView> = points.iter().filter_map(PointView::of).collect();
+        let pins = pins(&self.store, &self.vm).await?;
+        let rolls = plan_rolls(&views, policy, now, &pins);
+        for roll in &rolls {
+            let Some(to) = points.iter().find(|p| p.id == roll.to) else {
+                continue;
+            };
+            tracing::info!(vm = %self.vm, from = %roll.from, to = %roll.to, rebase = roll.rebase.len(), "rolling the base forward");
+            let base = self.store_point(to).await?;
+            for id in &roll.rebase {
+                self.store
+                    .rebase_journal_point(&self.vm, id, &base)
+                    .await
+                    .map_err(se)?;
+            }
+        }
+        Ok(rolls)
+    }
+}
+
+/// Readers' pins on `vm`'s points that hold now (a lapsed lease is removed), as
+/// `(base, seq)`. Leases age by the real clock, whatever time retention judges at.
+async fn pins(store: &Store, vm: &VmId) -> Result<Vec<(Seq, Seq)>, ProcessError> {
+    Ok(store
+        .live_pins(vm, SystemTime::now())
+        .await
+        .map_err(|source| ProcessError::Store {
+            vm: vm.clone(),
+            source: Box::new(source),
+        })?
+        .into_iter()
+        .map(|(_, p)| (Seq(p.base_seq), Seq(p.seq)))
+        .collect())
+}
+
+/// Deletes what the retention plan drops, then collects garbage.
+async fn release(
     store: &Store,
     vm: &VmId,
     policy: &ReplicationPolicy,
@@ -49,13 +126,7 @@ pub async fn apply_retention(
     };
     let points = store.list_points(vm).await.map_err(se)?;
     let views: Vec<PointView> = points.iter().filter_map(PointView::of).collect();
-    let pins: Vec<(Seq, Seq)> = store
-        .list_pins(vm)
-        .await
-        .map_err(se)?
-        .into_iter()
-        .map(|(_, p)| (Seq(p.base_seq), Seq(p.seq)))
-        .collect();
+    let pins = pins(store, vm).await?;
     let plan = plan_retention_pinned(&views, policy, now, &pins);
     let mut report = RetentionReport {
         kept: plan.keep.len(),

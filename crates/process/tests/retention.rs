@@ -156,18 +156,19 @@ async fn journal_backed_points_keep_their_journal_beyond_the_window() {
     jc.segment_max_bytes = 64 << 10;
     let journal = Arc::new(Journal::open(&dir.path().join("j"), jc).unwrap());
     let shipper = Shipper::new(vm.clone(), journal.clone(), store.clone());
-    let policy = ReplicationPolicy::default(); // 24 h, CDP 1 h
-                                               // Stored by age only: weighed against 30 days, the cost rule never fires in one day.
+    // 24 h, CDP 1 h. Stored by age only: the replay rule never fires on this little journal.
+    let policy = ReplicationPolicy::default();
     let rule = StoreRule {
         min_interval: Duration::from_secs(60),
         max_chain_age: Duration::from_secs(6 * 3600),
-        retention: Duration::from_secs(30 * 86_400),
+        max_replay_factor: u64::MAX,
         ..StoreRule::default()
     };
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let hash = |b: &[u8]| *blake3::hash(b).as_bytes();
     let mut images: BTreeMap<String, [u8; 32]> = BTreeMap::new();
     let (mut stored, mut deleted) = (0usize, 0usize);
+    let mut rolled = Vec::new();
     for i in 1..=48u64 {
         // Small writes spread over the disk, unique to the round.
         for k in 0..4u64 {
@@ -195,9 +196,18 @@ async fn journal_backed_points_keep_their_journal_beyond_the_window() {
         stored += p.store_due_with(&rule).await.unwrap().len();
         let r = apply_retention(&store, &vm, &policy, t).await.unwrap();
         deleted += r.segments_deleted;
+        rolled.extend(r.rolled);
     }
-    // Stored by age every 6 h of chain (12 half hours): rounds 12, 24, 36, 48.
-    assert_eq!(stored, 4, "stored points");
+    // The seed lost its hour to round 1's point once that was 2 h old: the base rolled to it,
+    // and the points after it were re-based.
+    assert_eq!(rolled.len(), 1, "{rolled:?}");
+    assert_eq!(
+        rolled[0].from,
+        lifeboat_store::point_id(Seq(0), CheckpointKind::CrashConsistent)
+    );
+    assert!(!rolled[0].rebase.is_empty());
+    // Then stored by age every 6 h of chain (12 half hours): rounds 13, 25, 37.
+    assert_eq!(stored, 3, "stored points");
     assert!(deleted > 0, "no segment was released");
     let now = t0 + half_hour * 48;
 

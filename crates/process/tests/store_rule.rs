@@ -85,14 +85,14 @@ async fn the_processor_stores_the_newest_point_only_when_the_rule_says_so() {
     assert!(now.is_journal_backed());
     assert_eq!(image(&r, &vm, &now).await, *blake3::hash(&model).as_bytes());
 
-    // Against a 1 h retention the journal (> 4 chunks) costs more than storing: stored.
+    // Replaying more than the 4 chunks storing writes, at a replay factor of 1: stored.
     let rule = StoreRule {
-        retention: Duration::from_secs(3600),
+        max_replay_factor: 1,
         ..StoreRule::default()
     };
     assert!(matches!(
         lifeboat_process::chain_due(&chain, &rule),
-        Some(StoreReason::Cheaper { .. })
+        Some(StoreReason::Replay { .. })
     ));
     let stored = r.processor.store_due_with(&rule).await.unwrap();
     assert_eq!(stored.len(), 1);

@@ -4,8 +4,15 @@
 //! position, whatever the policy says and even after the point itself is stored or thinned.
 //!
 //! Format (JSON, version 1, frozen): `{"format": "lifeboat-pin", "version": 1, "base_seq": B,
-//! "seq": S, "note": "..."}` — keep the stored point at position `B` (0: none, the reader needs
-//! no base) and the journal records `B + 1 ..= S`.
+//! "seq": S, "note": "...", "lease_secs": L}` — keep the stored point at position `B` (0: none,
+//! the reader needs no base) and the journal records `B + 1 ..= S`. `lease_secs` (optional,
+//! added in the same version: older readers ignore it and keep the pin for good) makes the pin
+//! a **lease**: it counts only while its object was written less than `L` seconds ago, and its
+//! holder writes it again well before that ([`Store::put_pin`]). A reader that may be killed
+//! (a restore) takes a lease, so a pin it leaves behind lapses; a drill, which lasts until its
+//! cleanup, pins without one. [`Store::live_pins`] is what retention honours.
+
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use lifeboat_types::VmId;
@@ -32,6 +39,9 @@ pub struct PinRecord {
     pub seq: u64,
     /// Who pinned it and why.
     pub note: String,
+    /// A lease: the pin lapses once its object is this many seconds old (see the module doc).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_secs: Option<u64>,
 }
 
 impl PinRecord {
@@ -43,7 +53,21 @@ impl PinRecord {
             base_seq,
             seq,
             note: note.to_string(),
+            lease_secs: None,
         }
+    }
+
+    /// A pin of `base_seq + 1 ..= seq` that lapses `lease` after it is last written.
+    pub fn leased(base_seq: u64, seq: u64, note: &str, lease: Duration) -> PinRecord {
+        PinRecord {
+            lease_secs: Some(lease.as_secs()),
+            ..PinRecord::new(base_seq, seq, note)
+        }
+    }
+
+    /// Whether a pin whose object is `age` old still holds.
+    pub fn holds_at(&self, age: Duration) -> bool {
+        self.lease_secs.is_none_or(|l| age < Duration::from_secs(l))
     }
 }
 
@@ -82,6 +106,34 @@ impl Store {
 
     /// A VM's pins, by name.
     pub async fn list_pins(&self, vm: &VmId) -> Result<Vec<(String, PinRecord)>> {
+        Ok(self
+            .pins_with_age(vm, SystemTime::now())
+            .await?
+            .into_iter()
+            .map(|(name, pin, _)| (name, pin))
+            .collect())
+    }
+
+    /// A VM's pins that hold at `now` (by the backend's clock: pass `SystemTime::now()`),
+    /// by name; a lapsed lease is deleted.
+    pub async fn live_pins(&self, vm: &VmId, now: SystemTime) -> Result<Vec<(String, PinRecord)>> {
+        let mut out = Vec::new();
+        for (name, pin, age) in self.pins_with_age(vm, now).await? {
+            if pin.holds_at(age) {
+                out.push((name, pin));
+            } else {
+                tracing::info!(%vm, pin = %name, note = %pin.note, "a reader's lease lapsed: pin removed");
+                self.delete_pin(vm, &name).await?;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn pins_with_age(
+        &self,
+        vm: &VmId,
+        now: SystemTime,
+    ) -> Result<Vec<(String, PinRecord, Duration)>> {
         let prefix = format!("vms/{vm}/pins");
         let mut out = Vec::new();
         for o in self.backend().list(&prefix).await? {
@@ -100,7 +152,10 @@ impl Store {
             };
             let pin = decode_json(&obj, PIN_FORMAT, |p: &PinRecord| (&p.format, p.version))
                 .map_err(|p| StoreError::corrupt(&o.key, p))?;
-            out.push((name.to_string(), pin));
+            let age = now
+                .duration_since(o.last_modified)
+                .unwrap_or(Duration::ZERO);
+            out.push((name.to_string(), pin, age));
         }
         Ok(out)
     }

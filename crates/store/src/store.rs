@@ -445,6 +445,52 @@ impl Store {
         }
     }
 
+    /// Re-bases the journal-backed point `id` on `base`, a newer stored point at or before it
+    /// (rolling the base forward, `lifeboat_process::plan_rolls`): its record is overwritten by
+    /// one naming `base` and `base`'s roots. The point reads the same bytes either way, since
+    /// `base` is the old base plus the same journal records. A point that is stored by now is
+    /// returned as it is; a `base` older than the recorded one, not stored, of another VM or
+    /// after the point is refused. The caller keeps the journal from `base` to the point.
+    pub async fn rebase_journal_point(
+        &self,
+        vm: &VmId,
+        id: &str,
+        base: &PointRecord,
+    ) -> Result<PointRecord> {
+        let now = self.get_point(vm, id).await?;
+        let Some(recorded) = now.base.as_deref() else {
+            return Ok(now);
+        };
+        let recorded_seq = parse_point_id(recorded).map_or(Seq(0), |(s, _)| s);
+        if base.base.is_some()
+            || base.vm != vm.as_str()
+            || base.seq() > now.seq()
+            || base.seq() < recorded_seq
+            || base.copy_end.is_some_and(|e| e > now.seq)
+        {
+            return Err(StoreError::InvalidArgument(format!(
+                "point {} of VM {} cannot be the new base of point {id} of VM {vm} (based on \
+                 {recorded}): a new base is a stored point of the same VM between the old \
+                 base and the point",
+                base.id, base.vm
+            )));
+        }
+        if recorded == base.id {
+            return Ok(now);
+        }
+        let rec = PointRecord {
+            base: Some(base.id.clone()),
+            disks: base.disks.clone(),
+            ..now
+        };
+        let body = serde_json::to_vec_pretty(&rec)
+            .map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
+        self.backend
+            .put(&point_key(vm, id), Bytes::from(body), PutMode::Overwrite)
+            .await?;
+        Ok(rec)
+    }
+
     /// A random-access reader of one disk of a stored point (a journal-backed point is refused:
     /// its roots are its base's).
     pub async fn disk_reader(&self, point: &PointRecord, disk: DiskId) -> Result<DiskReader> {

@@ -189,8 +189,8 @@ pub struct ReplicaSpec {
     /// The target region's store URL.
     pub store_url: String,
     /// No journal-backed point is stored sooner than this after its base (seconds; the store
-    /// rule `lifeboat_process::StoreRule` decides when, weighing the journal kept against the
-    /// chunks a stored point adds over the policy's retention).
+    /// rule `lifeboat_process::StoreRule` decides when, bounding what reading the newest point
+    /// replays; retention rolls the base forward besides).
     #[serde(default = "default_store_secs")]
     pub store_secs: u64,
     /// The item's replication policy (retention, CDP window); absent: the default.
