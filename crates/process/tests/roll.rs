@@ -322,6 +322,7 @@ async fn a_roll_cut_off_at_any_write_is_finished_by_the_next_retention() {
         cuts += 1;
     }
     // Storing the new base, re-basing, deleting and collecting: many places to be cut at.
+    eprintln!("cut off at each of {cuts} writes");
     assert!(cuts > 20, "only {cuts} writes");
 }
 
