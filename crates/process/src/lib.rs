@@ -32,8 +32,9 @@
 //! see Reading), each touched chunk is built — the base's chunk with its records applied in
 //! journal order (trims are zeroes: points are deterministic) — in batches of 128 MiB, one
 //! pass over the segments each, and stored once; memory is bounded however far apart the
-//! points are. The record is then *replaced* by the stored form (the only record the store
-//! ever overwrites; readers of either form read the same bytes).
+//! points are. The record is then *replaced* by the stored form (readers of either form read
+//! the same bytes). A journal-backed record is the only one the store ever overwrites: by its
+//! stored form, or re-based on a newer stored point when the base rolls forward (below).
 //!
 //! [`Processor::store_due_with`] stores what the **store rule** ([`StoreRule`], see the `plan`
 //! module) says is due: every app-consistent point; and the newest journal-backed point when

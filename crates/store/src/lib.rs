@@ -67,7 +67,9 @@
 //!
 //! A [`PointWriter`] starts from a base point's roots (or adds zero disks), stores each changed
 //! chunk as it is set, and on [`PointWriter::commit`] stores the changed index pages, then the
-//! roots, then the point record, with a create-only put (a point is never replaced). Every put
+//! roots, then the point record, with a create-only put (a stored point is never replaced; a
+//! journal-backed record may be, by its stored form ([`PointWriter::commit_stored`]) or by a
+//! re-based one ([`Store::rebase_journal_point`]), each reading the same bytes). Every put
 //! is atomic (whole object or nothing: `LocalFileSystem` stages `<key>#<n>` and renames or
 //! links it, `InMemory` swaps under a lock, S3/Azure PUTs are atomic). Readers find points only
 //! through their records, and a record is written only after everything it references exists,
