@@ -2,13 +2,21 @@
 //! the store rule ([`crate::chain_due`]): the bytes of journal the store keeps for it, and the
 //! chunks its records touched (what storing the point would write).
 //!
-//! The processor keeps the set of touched chunks since its newest stored point and extends it
-//! with the records stored since its last look, so each record is read once here however often
-//! the rule is asked (every few seconds by the agent); a new base starts the set afresh.
+//! The processor keeps, for each chunk touched since its newest stored point, the last record
+//! that touched it, and extends that with the records stored since its last look, so each
+//! record is read once here however often the rule is asked (every few seconds by the agent).
+//! When the base moves forward to a point the tracker has already read past (the base rolling
+//! forward, or the newest point being stored), the tracker moves with it: a chunk whose last
+//! touch is at or before the new base is no longer touched since it, and the references counted
+//! up to the new base are taken off (by segment, so a little over: the index estimate errs
+//! high). Only a base it has not read past (or another VM's disks) starts it afresh. Rolling
+//! happens about hourly, and re-reading the retention's journal each time would not keep up
+//! with a VM whose journal is many times its disk.
+//!
 //! Memory: one entry per chunk touched (at most the disks' chunk count: 256 Ki entries for
-//! 1 TiB of disk at 4 MiB chunks).
+//! 1 TiB of disk at 4 MiB chunks) and one per segment read.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use lifeboat_store::PointRecord;
 use lifeboat_types::{DiskId, RecordKind, Seq};
@@ -27,10 +35,46 @@ pub(crate) struct Tracker {
     through: Seq,
     /// Chunk size of every disk of the base.
     chunk_sizes: BTreeMap<DiskId, u64>,
-    /// Chunks touched.
-    touched: HashSet<(DiskId, u64)>,
+    /// Chunks touched, with the last record that touched each.
+    touched: HashMap<(DiskId, u64), Seq>,
     /// (record, chunk) pairs: what a reader's index holds at most.
     refs: u64,
+    /// `refs` as it stood after each segment read, by the segment's last record.
+    refs_through: BTreeMap<Seq, u64>,
+}
+
+impl Tracker {
+    /// Moves the tracker to `base`, a newer stored point it has read past with the same disks:
+    /// see the module doc. False if it cannot (then it starts afresh).
+    fn roll_to(&mut self, base: &PointRecord, chunk_sizes: &BTreeMap<DiskId, u64>) -> bool {
+        let at = base.seq();
+        if self.base.is_empty() || at < self.base_seq() || at > self.through {
+            return false;
+        }
+        if &self.chunk_sizes != chunk_sizes {
+            return false;
+        }
+        self.touched.retain(|_, last| *last > at);
+        // Refs counted through the last segment ending at or before the base.
+        let before = self
+            .refs_through
+            .range(..=at)
+            .next_back()
+            .map_or(0, |(_, r)| *r);
+        self.refs = self.refs.saturating_sub(before);
+        self.refs_through = self
+            .refs_through
+            .split_off(&at.next())
+            .into_iter()
+            .map(|(s, r)| (s, r.saturating_sub(before)))
+            .collect();
+        self.base = base.id.clone();
+        true
+    }
+
+    fn base_seq(&self) -> Seq {
+        lifeboat_store::parse_point_id(&self.base).map_or(Seq(0), |(s, _)| s)
+    }
 }
 
 impl Processor {
@@ -75,12 +119,14 @@ impl Processor {
                 let r = self.store.disk_reader(base, disk).await.map_err(se)?;
                 chunk_sizes.insert(disk, u64::from(r.chunk_size()).max(1));
             }
-            *guard = Tracker {
-                base: base.id.clone(),
-                through: base.seq(),
-                chunk_sizes,
-                ..Tracker::default()
-            };
+            if guard.through > end || !guard.roll_to(base, &chunk_sizes) {
+                *guard = Tracker {
+                    base: base.id.clone(),
+                    through: base.seq(),
+                    chunk_sizes,
+                    ..Tracker::default()
+                };
+            }
         }
         let t = &mut *guard;
         let start = t.through.next();
@@ -103,10 +149,11 @@ impl Processor {
                 };
                 let last = rec.offset.saturating_add(rec.length - 1) / cs;
                 for i in rec.offset / cs..=last {
-                    t.touched.insert((rec.disk, i));
+                    t.touched.insert((rec.disk, i), rec.seq);
                     t.refs += 1;
                 }
             }
+            t.refs_through.insert(t.through, t.refs);
         }
         if expected <= end {
             return Err(ProcessError::Gap {
