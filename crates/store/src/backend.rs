@@ -112,9 +112,9 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 /// the file and its directory are synced before the put returns. A local directory's
 /// [`Backend::put_unsynced`] does the same staging itself and publishes a create with
 /// `renameat2(RENAME_NOREPLACE)` where the filesystem has it (else link + unlink), without
-/// fsync but starting the file's write-back at once; [`Backend::sync`] then fsyncs all the files named
-/// (on several threads), drops their pages from the page cache, and fsyncs each of their
-/// directories (up to the root) once. `InMemory` swaps whole objects under a lock. S3 and
+/// fsync but starting the file's write-back at once; [`Backend::sync`] then waits for the files'
+/// data, makes it and the directories durable with one `syncfs` (Linux; elsewhere an fsync of
+/// each file and directory), and drops the files' pages from the page cache. `InMemory` swaps whole objects under a lock. S3 and
 /// Azure puts are atomic and durable by the services' contracts (so `sync` has nothing to do),
 /// and both support create-only puts (`If-None-Match: *`).
 #[derive(Debug, Clone)]
@@ -387,12 +387,17 @@ pub fn open_url(url: &str, opts: OpenOptions) -> Result<Arc<dyn Backend>> {
     )))
 }
 
-/// [`Backend::sync`] of a local directory: starts the write-back of every file (so that the
-/// disk writes them together), then fsyncs each and drops its pages from the page cache (see
-/// the `bulk` module), and fsyncs each directory on their paths up to `root` once (new
-/// directories were created without fsync too). The fsyncs run on several threads at once:
-/// the filesystem then commits its journal, and the disk flushes its cache, once for many of
-/// them instead of once each.
+/// [`Backend::sync`] of a local directory. On Linux: starts the write-back of every file (so
+/// that the disk writes them together), waits for each file's data to be written
+/// (`sync_file_range`, which also reports a write error of that file), then makes everything
+/// durable with one `syncfs(2)` of the store's filesystem (the files' inodes, the directories
+/// on their paths, which were created and renamed into without fsync, and one flush of the
+/// disk's cache), and drops the files' pages from the page cache (see the `bulk` module). That
+/// is the guarantee of an fsync of each file and each directory, for one cache flush per batch
+/// instead of one per object; Proxmox Backup Server's default `sync-level` (`filesystem`)
+/// makes a backup durable the same way. It also writes back whatever else is dirty on that
+/// filesystem. Elsewhere: an fsync of each file and each directory up to `root` once.
+/// Measured in bench/RESULTS.md ("Initial replication, fifth measurement").
 fn sync_files(root: &std::path::Path, keys: &[String]) -> Result<()> {
     let io_err = |path: &std::path::Path, source: std::io::Error| {
         if source.kind() == std::io::ErrorKind::NotFound {
@@ -411,7 +416,7 @@ fn sync_files(root: &std::path::Path, keys: &[String]) -> Result<()> {
             }
         }
     };
-    let mut targets = Vec::with_capacity(keys.len());
+    let mut files = Vec::with_capacity(keys.len());
     let mut dirs = std::collections::BTreeSet::new();
     for key in keys {
         let path = root.join(key);
@@ -424,36 +429,71 @@ fn sync_files(root: &std::path::Path, keys: &[String]) -> Result<()> {
             }
             dir = d.parent();
         }
-        targets.push((path, Some(file)));
+        files.push((path, file));
     }
-    targets.extend(dirs.into_iter().map(|d| (d, None)));
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let fsync_all = || -> Result<()> {
-        loop {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let Some((path, file)) = targets.get(i) else {
-                return Ok(());
-            };
-            match file {
-                Some(f) => f.sync_all().map(|()| crate::bulk::drop_cached(f)),
-                None => std::fs::File::open(path).and_then(|d| d.sync_all()),
-            }
-            .map_err(|e| io_err(path, e))?;
-        }
+    #[cfg(target_os = "linux")]
+    let synced = {
+        let _ = dirs; // syncfs covers them
+        sync_filesystem(root, &files, &io_err)
     };
-    let threads = targets.len().clamp(1, SYNC_THREADS);
-    std::thread::scope(|s| {
-        let others: Vec<_> = (1..threads).map(|_| s.spawn(fsync_all)).collect();
-        let mine = fsync_all();
-        others
-            .into_iter()
-            .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .fold(mine, |acc, r| acc.and(r))
-    })
+    #[cfg(not(target_os = "linux"))]
+    let synced = fsync_each(&files, &dirs, &io_err);
+    synced
 }
 
-/// Threads [`sync_files`] fsyncs on.
-const SYNC_THREADS: usize = 16;
+/// [`sync_files`] elsewhere: an fsync of each file, then of each directory.
+#[cfg(not(target_os = "linux"))]
+fn fsync_each(
+    files: &[(std::path::PathBuf, std::fs::File)],
+    dirs: &std::collections::BTreeSet<std::path::PathBuf>,
+    io_err: &dyn Fn(&std::path::Path, std::io::Error) -> StoreError,
+) -> Result<()> {
+    for (path, f) in files {
+        f.sync_all().map_err(|e| io_err(path, e))?;
+        crate::bulk::drop_cached(f);
+    }
+    for d in dirs {
+        std::fs::File::open(d)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io_err(d, e))?;
+    }
+    Ok(())
+}
+
+/// [`sync_files`] on Linux: each file's data written, then one `syncfs` of `root`'s filesystem.
+#[cfg(target_os = "linux")]
+fn sync_filesystem(
+    root: &std::path::Path,
+    files: &[(std::path::PathBuf, std::fs::File)],
+    io_err: &dyn Fn(&std::path::Path, std::io::Error) -> StoreError,
+) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    for (path, f) in files {
+        // SAFETY: a plain syscall on an open descriptor; it touches no memory of ours.
+        let r = unsafe {
+            libc::sync_file_range(
+                f.as_raw_fd(),
+                0,
+                0,
+                libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                    | libc::SYNC_FILE_RANGE_WRITE
+                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+            )
+        };
+        if r != 0 {
+            return Err(io_err(path, std::io::Error::last_os_error()));
+        }
+    }
+    let dir = std::fs::File::open(root).map_err(|e| io_err(root, e))?;
+    // SAFETY: as above. Since Linux 5.8 it reports a write-back error of the filesystem.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(io_err(root, std::io::Error::last_os_error()));
+    }
+    for (_, f) in files {
+        crate::bulk::drop_cached(f);
+    }
+    Ok(())
+}
 
 /// Whether a file name is a `LocalFileSystem` staging file: `<name>#<digits>`.
 fn is_staging_name(name: &str) -> bool {

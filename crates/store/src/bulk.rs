@@ -369,13 +369,13 @@ fn write_parts(file: &File, parts: &[Bytes]) -> io::Result<()> {
 }
 
 /// Asks the kernel to start writing a file's dirty pages back, without waiting (Linux
-/// `sync_file_range(SYNC_FILE_RANGE_WRITE)`); elsewhere nothing (the fsync does it all).
+/// `sync_file_range(SYNC_FILE_RANGE_WRITE)`); elsewhere nothing (the sync does it all).
 pub(crate) fn start_writeback(file: &File) {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
         // SAFETY: a plain syscall on an open descriptor; it touches no memory of ours. Its
-        // result does not matter: the fsync that follows is what makes the file durable.
+        // result does not matter: the sync that follows is what makes the file durable.
         unsafe {
             libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
         }
@@ -384,7 +384,7 @@ pub(crate) fn start_writeback(file: &File) {
     let _ = file;
 }
 
-/// Drops a file's clean pages from the page cache (after an fsync: all of them); a hint.
+/// Drops a file's clean pages from the page cache (after a sync: all of them); a hint.
 pub(crate) fn drop_cached(file: &File) {
     #[cfg(target_os = "linux")]
     {

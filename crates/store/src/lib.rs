@@ -78,8 +78,9 @@
 //!
 //! Bulk copies ([`PointWriter::set_prepared`], initial replication) put chunk objects
 //! *unsynced* ([`Backend::put_unsynced`]: visible at once, durable only once a
-//! [`Backend::sync`] names them; a local directory starts writing them back at once and drops
-//! them from its page cache once synced) and sync each batch in the background while the next
+//! [`Backend::sync`] names them; a local directory starts writing them back at once, makes a
+//! batch durable with one `syncfs` of its filesystem once the batch's data is written, and drops
+//! them from its page cache then) and sync each batch in the background while the next
 //! is read. Before it writes
 //! the first page, the writer waits for every one of those syncs and syncs every chunk it found
 //! already stored (another writer may have put it unsynced and died), so the record still only

@@ -170,6 +170,12 @@ async fn join_sync(task: tokio::task::JoinHandle<Result<()>>) -> Result<()> {
 /// written but not yet durable (a local directory's dirty page cache) to a few batches.
 const SYNCS_IN_FLIGHT: usize = 2;
 
+/// Chunk objects synced together: [`PointWriter::set_prepared`] starts a sync once this many
+/// are put (128 MiB at 4 MiB chunks; a local directory's sync is one `syncfs`, so fewer,
+/// larger syncs flush the disk's cache less often: bench/RESULTS.md, "Initial replication,
+/// fifth measurement"). At most [`SYNCS_IN_FLIGHT`] + 1 such groups are not durable yet.
+const SYNC_KEYS: usize = 32;
+
 struct DiskState {
     root: Root,
     /// Pages read (and maybe changed) by this writer, by page index.
@@ -200,6 +206,8 @@ pub struct PointWriter {
     /// Chunk objects this point uses that were found already stored by another writer, which
     /// may not have synced them: synced before the first page is written.
     found: Vec<String>,
+    /// Keys put by [`PointWriter::set_prepared`] whose sync has not started yet.
+    unsynced: Vec<String>,
 }
 
 impl PointWriter {
@@ -238,6 +246,7 @@ impl PointWriter {
             new_bytes: 0,
             syncing: VecDeque::new(),
             found: Vec::new(),
+            unsynced: Vec::new(),
         };
         w.put_lease().await?;
         w.wait_for_gc().await?;
@@ -450,10 +459,10 @@ impl PointWriter {
     /// Sets chunks of `disk` to prepared chunks (`(index, chunk)`; each exactly its chunk's
     /// length). Zero chunks become zero entries; the objects of the others are put
     /// concurrently unless the store has them, **without waiting for them to be durable**: a
-    /// background task syncs each call's objects ([`crate::Backend::sync`]; a local directory
-    /// fsyncs them while the caller prepares the next batch), at most a few calls' at once
-    /// (this waits for the oldest beyond that), and commit waits for every sync before it
-    /// writes the first index page. So the point record, written last, still only ever names
+    /// background task syncs them, [`SYNC_KEYS`] at a time ([`crate::Backend::sync`]; a local
+    /// directory syncs them while the caller prepares the next batches), at most a few such
+    /// syncs at once (this waits for the oldest beyond that), and commit syncs the rest and
+    /// waits for every sync before it writes the first index page. So the point record, written last, still only ever names
     /// durable objects. Returns how many chunks changed.
     pub async fn set_prepared(
         &mut self,
@@ -514,9 +523,14 @@ impl PointWriter {
         Ok(changed)
     }
 
-    /// Starts the sync of `keys` in the background; waits for the oldest syncs beyond
-    /// [`SYNCS_IN_FLIGHT`].
+    /// Adds `keys` to the next sync, which starts in the background once [`SYNC_KEYS`] are
+    /// waiting; waits for the oldest syncs beyond [`SYNCS_IN_FLIGHT`].
     async fn sync_later(&mut self, keys: Vec<String>) -> Result<()> {
+        self.unsynced.extend(keys);
+        if self.unsynced.len() < SYNC_KEYS {
+            return Ok(());
+        }
+        let keys = std::mem::take(&mut self.unsynced);
         if !keys.is_empty() {
             let backend = self.store.backend.clone();
             self.syncing
@@ -530,9 +544,15 @@ impl PointWriter {
         Ok(())
     }
 
-    /// Waits until every chunk object this point uses is durable: the background syncs, and
-    /// the objects found already stored.
+    /// Waits until every chunk object this point uses is durable: the keys not synced yet, the
+    /// background syncs, and the objects found already stored.
     async fn synced(&mut self) -> Result<()> {
+        let rest = std::mem::take(&mut self.unsynced);
+        if !rest.is_empty() {
+            let backend = self.store.backend.clone();
+            self.syncing
+                .push_back(tokio::spawn(async move { backend.sync(&rest).await }));
+        }
         while let Some(oldest) = self.syncing.pop_front() {
             join_sync(oldest).await?;
         }
