@@ -430,3 +430,59 @@ async fn the_store_rule_measures_the_chain_across_a_roll_without_reading_the_jou
         "{after:?} {before:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_is_never_re_based_on_a_point_that_is_not_between_its_base_and_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("store"));
+    let vm = VmId::new("roll-5").unwrap();
+    let hashes = history(&store, &vm, dir.path()).await;
+    let p = Processor::new(store.clone(), vm.clone());
+    let points = store.list_points(&vm).await.unwrap();
+    let (early, late) = (points[4].clone(), points[12].clone());
+    let late = p.store_point(&late).await.unwrap();
+    // A stored point after the point, a journal-backed one, and another VM's: refused, the
+    // record untouched.
+    let other = VmId::new("roll-5b").unwrap();
+    for (base, what) in [
+        (late.clone(), "after it"),
+        (points[2].clone(), "journal-backed"),
+        (
+            lifeboat_store::PointRecord {
+                vm: other.to_string(),
+                ..points[0].clone()
+            },
+            "another VM's",
+        ),
+    ] {
+        let e = store
+            .rebase_journal_point(&vm, &early.id, &base)
+            .await
+            .expect_err(what);
+        assert!(
+            e.to_string().contains("cannot be the new base"),
+            "{what}: {e}"
+        );
+        assert_eq!(
+            store.get_point(&vm, &early.id).await.unwrap(),
+            early,
+            "{what}"
+        );
+    }
+    // Between: accepted, and the point reads the same.
+    let mid = p.store_point(&points[3]).await.unwrap();
+    let rebased = store
+        .rebase_journal_point(&vm, &early.id, &mid)
+        .await
+        .unwrap();
+    assert_eq!(rebased.base.as_deref(), Some(mid.id.as_str()));
+    assert_eq!(rebased.disks, mid.disks);
+    let pit = open_point(&store, &vm, &rebased).await.unwrap();
+    assert_eq!(image(&store, &pit).await, hashes[&early.id]);
+    // Back to the older base: refused (a base never moves back).
+    let e = store
+        .rebase_journal_point(&vm, &early.id, &points[0])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("cannot be the new base"), "{e}");
+}
