@@ -76,7 +76,7 @@ pub struct ProcessArgs {
     every_ms: u64,
     /// When to store journal-backed points (write their chunks). 0: store every point as it is
     /// cut. Otherwise the store rule (`lifeboat_process::StoreRule`), with no point stored by
-    /// age or replay sooner than this many seconds after its base: app-consistent points, and
+    /// age or replay sooner than this many seconds after its base:
     /// the newest point once its base is 25 h old, its journal would need a quarter of a
     /// reader's index budget, or replaying its journal would read 4 times what storing it
     /// writes (retention rolls the base forward besides). With --follow this runs beside the

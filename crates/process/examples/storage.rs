@@ -50,7 +50,9 @@
 //! Environment: MODE (stored: every point stored, as before issue 3; journal: the product's
 //! path), CHUNK_KIB (4096), DISK_MIB (1024), POINTS (120), ROUND_MIB (8), ROUND_SECS (60, journal
 //! mode), SEED (1), FSYNC (1: the store fsyncs every object, as by default), WORKDIR (the system
-//! temp dir), HEADER (1: print the table header before the row).
+//! temp dir), HEADER (1: print the table header before the row), APP_EVERY (0: every round's
+//! marker is crash-consistent; N: every Nth is app-consistent), STORE_APP (unset: the store
+//! rule's default; 1 or 0: store app-consistent points or not).
 //! Stdout: one markdown table row; stderr: progress and a breakdown.
 
 use std::collections::{BTreeSet, HashSet};
@@ -464,6 +466,7 @@ async fn main() {
         Ok(m) => panic!("MODE={m:?}: expected stored or journal"),
     };
     let round_secs = env_or("ROUND_SECS", 60);
+    let app_every = env_or("APP_EVERY", 0) as usize;
     let cs = chunk_kib * KIB;
     assert!(points >= 3, "POINTS must be at least 3");
     assert!(disk_size >= 16 * MIB, "DISK_MIB must be at least 16");
@@ -511,7 +514,10 @@ async fn main() {
         crash_consistent_interval: round_dur,
         ..ReplicationPolicy::default()
     };
-    let rule = StoreRule::for_policy(&policy);
+    let mut rule = StoreRule::for_policy(&policy);
+    if let Ok(v) = std::env::var("STORE_APP") {
+        rule.store_app_consistent = v != "0";
+    }
     if journal_mode {
         policy
             .validate()
@@ -603,8 +609,13 @@ async fn main() {
         } else {
             SystemTime::now()
         };
+        let kind = if app_every > 0 && r % app_every == 0 {
+            CheckpointKind::AppConsistent
+        } else {
+            CheckpointKind::CrashConsistent
+        };
         journal
-            .append_checkpoint(CheckpointKind::CrashConsistent, round_time)
+            .append_checkpoint(kind, round_time)
             .expect("append marker");
         journal.seal().expect("seal");
         shipper

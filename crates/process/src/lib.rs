@@ -37,7 +37,8 @@
 //! stored form, or re-based on a newer stored point when the base rolls forward (below).
 //!
 //! [`Processor::store_due_with`] stores what the **store rule** ([`StoreRule`], see the `plan`
-//! module) says is due: every app-consistent point; and the newest journal-backed point when
+//! module) says is due: every app-consistent point if the rule says so (off by default); and
+//! the newest journal-backed point when
 //! indexing its journal would take a quarter of a reader's budget ([`INDEX_BUDGET`]), when
 //! replaying its journal would read [`StoreRule::max_replay_factor`] (4) times what storing it
 //! writes — `J ≥ 4 × S`, with `J` the stored journal bytes since its base and `S` the chunks

@@ -550,7 +550,7 @@ impl Processor {
     ///   tools and tests that want stored points ask (`lifeboat process --store-secs 0`).
     /// * otherwise: the product's rule, [`Processor::store_due_with`] with
     ///   [`StoreRule::default`] and `interval` as [`StoreRule::min_interval`] (no point is stored
-    ///   by age or replay less than `interval` after its base): app-consistent points, and the
+    ///   by age or replay less than `interval` after its base): the
     ///   newest journal-backed point once its base is 25 h old, reading it would index a
     ///   quarter of [`crate::INDEX_BUDGET`], or replaying its journal would read 4 times what
     ///   storing it writes. Callers that know the VM's policy use

@@ -104,8 +104,7 @@ async fn the_processor_stores_the_newest_point_only_when_the_rule_says_so() {
     );
     assert!(r.processor.newest_chain().await.unwrap().is_none());
 
-    // The next chain starts at the stored point: only what was written since counts. An
-    // app-consistent point is stored at once, however young and cheap.
+    // The next chain starts at the stored point: only what was written since counts.
     let data = random(&mut s, 100);
     r.journal
         .append_write(DiskId(0), 9 * c as u64, &data)
@@ -137,11 +136,19 @@ async fn the_processor_stores_the_newest_point_only_when_the_rule_says_so() {
     r.journal.seal().unwrap();
     r.shipper.ship_once(r.journal.last_seq()).await.unwrap();
     r.processor.process(Cut::AtMarkers).await.unwrap();
-    let stored = r
+    // By default an app-consistent point stays journal-backed too; a rule that stores them
+    // stores it at once, however young and cheap.
+    assert!(r
         .processor
         .store_due(Duration::from_secs(300))
         .await
-        .unwrap();
+        .unwrap()
+        .is_empty());
+    let app_rule = StoreRule {
+        store_app_consistent: true,
+        ..StoreRule::default()
+    };
+    let stored = r.processor.store_due_with(&app_rule).await.unwrap();
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].kind, "app-consistent");
     assert_eq!(
