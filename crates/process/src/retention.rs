@@ -2,14 +2,13 @@
 //!
 //! [`apply_retention`] first rolls the VM's bases forward ([`Processor::roll_bases`], planned
 //! by [`crate::plan_rolls`]: a base thinning dropped is replaced by the oldest point kept after
-//! it, so that it and the journal before the new base can go), then runs the pure planner ([`crate::plan_retention`]: ASR's thinning, the
-//! policy's retention, journal-backed "latest" points only inside the CDP window, the base of
-//! every kept journal-backed point pinned) over the VM's points and deletes the dropped ones;
-//! deletes every stored journal segment none of whose records the plan keeps (each kept
-//! journal-backed point keeps the journal from its base to its position, the CDP window the
-//! journal from its stored base on: the stored journal may then have holes, which readers
-//! skip); then garbage-collects
-//! chunks, pages and roots no kept point references (the store's GC, with its grace period and
+//! it, so that it and the journal before the new base can go), then runs the pure planner
+//! ([`crate::plan_retention`]: ASR's thinning, the policy's retention, journal-backed "latest"
+//! points only inside the CDP window, the base of every kept journal-backed point pinned) over
+//! the VM's points and deletes the dropped ones; deletes every stored journal segment none of
+//! whose records the plan keeps (each kept journal-backed point keeps the journal from its base
+//! to its position, the CDP window the journal from its stored base on: the stored journal may
+//! then have holes, which readers skip); then garbage-collects chunks, pages and roots no kept point references (the store's GC, with its grace period and
 //! writer leases, never deletes what a point being written right now will reference).
 
 use std::time::SystemTime;

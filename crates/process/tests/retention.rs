@@ -1,6 +1,8 @@
 //! Retention over three days of points: exactly the policy's thinning is kept, every kept point
 //! still reads back exactly, unreferenced chunks are collected, old segments go.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -9,31 +11,16 @@ use lifeboat_journal::{Journal, JournalConfig};
 use lifeboat_policy::{points_to_keep, PointMeta, ReplicationPolicy};
 use lifeboat_process::{apply_retention, Cut, Processor};
 use lifeboat_ship::Shipper;
-use lifeboat_store::{Store, StoreConfig};
 use lifeboat_types::{CheckpointKind, DiskId, Epoch, Seq, VmId};
 
-const DISK: usize = 1 << 20;
-const CHUNK: u32 = 64 << 10;
+use common::{collecting_store, CHUNK};
 
-/// A store under `dir` with small chunks and pages, no fsync, and no GC grace.
-fn small_store(dir: &std::path::Path) -> Store {
-    Store::open_with(
-        dir.join("store").to_str().unwrap(),
-        StoreConfig {
-            chunk_size: CHUNK,
-            page_entries: 4,
-            fsync: false,
-            gc_grace: Duration::ZERO,
-            ..StoreConfig::default()
-        },
-    )
-    .unwrap()
-}
+const DISK: usize = 1 << 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thinning_deletes_exactly_the_dropped_points_and_their_garbage() {
     let dir = tempfile::tempdir().unwrap();
-    let store = small_store(dir.path());
+    let store = collecting_store(&dir.path().join("store"));
     let vm = VmId::new("ret-1").unwrap();
     let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000);
     let half_hour = Duration::from_secs(1800);
@@ -140,7 +127,7 @@ async fn journal_backed_points_keep_their_journal_beyond_the_window() {
     use lifeboat_process::{open_point, plan_retention, state_at, PointView, StoreRule, Target};
 
     let dir = tempfile::tempdir().unwrap();
-    let store = small_store(dir.path());
+    let store = collecting_store(&dir.path().join("store"));
     let vm = VmId::new("ret-jb").unwrap();
     // Hour-aligned, so that thinning's buckets are easy to reason about.
     let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(497_000 * 3600);

@@ -15,26 +15,15 @@ use lifeboat_journal::{Journal, JournalConfig};
 use lifeboat_policy::ReplicationPolicy;
 use lifeboat_process::{apply_retention, open_point, plan_retention, Cut, PointView, Processor};
 use lifeboat_ship::Shipper;
-use lifeboat_store::{Backend, ObjectInfo, PutMode, PutOutcome, Store, StoreConfig, StoreError};
+use lifeboat_store::{Backend, ObjectInfo, PutMode, PutOutcome, Store, StoreError};
 use lifeboat_types::{CheckpointKind, DiskId, Epoch, Seq, VmId};
 
+mod common;
+
+use common::{collecting_config as config, collecting_store as open, CHUNK};
+
 const DISK: usize = 1 << 20;
-const CHUNK: u32 = 64 << 10;
 const HALF_HOUR: Duration = Duration::from_secs(1800);
-
-fn config() -> StoreConfig {
-    StoreConfig {
-        chunk_size: CHUNK,
-        page_entries: 4,
-        fsync: false,
-        gc_grace: Duration::ZERO,
-        ..StoreConfig::default()
-    }
-}
-
-fn open(dir: &std::path::Path) -> Store {
-    Store::open_with(dir.to_str().unwrap(), config()).unwrap()
-}
 
 /// Hour-aligned start, so that thinning's buckets are easy to reason about.
 fn t0() -> SystemTime {
@@ -371,18 +360,10 @@ async fn a_readers_lease_holds_the_base_until_it_lapses() {
     assert!(store.list_pins(&vm).await.unwrap().is_empty());
     assert!(store.get_point(&vm, &seed.id).await.is_err());
     // A pin without a lease (a drill) never lapses.
-    let drill = PinRecord::new(
-        store.list_points(&vm).await.unwrap()[0].seq().0,
-        now_seq(&store, &vm).await,
-        "a drill",
-    );
+    let drill = PinRecord::new(seed.seq().0, reading.seq().0, "a drill");
     assert!(drill.holds_at(Duration::from_secs(365 * 86_400)));
     assert!(!lapsed.holds_at(Duration::ZERO));
     assert!(lease.holds_at(Duration::from_secs(599)) && !lease.holds_at(Duration::from_secs(600)));
-}
-
-async fn now_seq(store: &Store, vm: &VmId) -> u64 {
-    store.list_points(vm).await.unwrap().last().unwrap().seq().0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -112,11 +112,12 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 /// the file and its directory are synced before the put returns. A local directory's
 /// [`Backend::put_unsynced`] does the same staging itself and publishes a create with
 /// `renameat2(RENAME_NOREPLACE)` where the filesystem has it (else link + unlink), without
-/// fsync but starting the file's write-back at once; [`Backend::sync`] then waits for the files'
-/// data, makes it and the directories durable with one `syncfs` (Linux; elsewhere an fsync of
-/// each file and directory), and drops the files' pages from the page cache. `InMemory` swaps whole objects under a lock. S3 and
-/// Azure puts are atomic and durable by the services' contracts (so `sync` has nothing to do),
-/// and both support create-only puts (`If-None-Match: *`).
+/// fsync but starting the file's write-back at once; [`Backend::sync`] then waits for the
+/// files' data, makes it and the directories durable with one `syncfs` (Linux; elsewhere an
+/// fsync of each file and directory), and drops the files' pages from the page cache.
+/// `InMemory` swaps whole objects under a lock. S3 and Azure puts are atomic and durable by the
+/// services' contracts (so `sync` has nothing to do), and both support create-only puts
+/// (`If-None-Match: *`).
 #[derive(Debug, Clone)]
 pub struct ObjectBackend {
     store: Arc<dyn ObjectStore>,
@@ -417,11 +418,31 @@ fn sync_files(root: &std::path::Path, keys: &[String]) -> Result<()> {
         }
     };
     let mut files = Vec::with_capacity(keys.len());
-    let mut dirs = std::collections::BTreeSet::new();
     for key in keys {
         let path = root.join(key);
         let file = std::fs::File::open(&path).map_err(|e| io_err(&path, e))?;
         crate::bulk::start_writeback(&file);
+        files.push((path, file));
+    }
+    #[cfg(target_os = "linux")]
+    let synced = sync_filesystem(root, &files, &io_err);
+    #[cfg(not(target_os = "linux"))]
+    let synced = fsync_each(root, &files, &io_err);
+    synced
+}
+
+/// [`sync_files`] elsewhere: an fsync of each file, then of each directory on their paths up to
+/// `root`, once.
+#[cfg(not(target_os = "linux"))]
+fn fsync_each(
+    root: &std::path::Path,
+    files: &[(std::path::PathBuf, std::fs::File)],
+    io_err: &dyn Fn(&std::path::Path, std::io::Error) -> StoreError,
+) -> Result<()> {
+    let mut dirs = std::collections::BTreeSet::new();
+    for (path, f) in files {
+        f.sync_all().map_err(|e| io_err(path, e))?;
+        crate::bulk::drop_cached(f);
         let mut dir = path.parent();
         while let Some(d) = dir.filter(|d| d.starts_with(root)) {
             if !dirs.insert(d.to_path_buf()) {
@@ -429,28 +450,6 @@ fn sync_files(root: &std::path::Path, keys: &[String]) -> Result<()> {
             }
             dir = d.parent();
         }
-        files.push((path, file));
-    }
-    #[cfg(target_os = "linux")]
-    let synced = {
-        let _ = dirs; // syncfs covers them
-        sync_filesystem(root, &files, &io_err)
-    };
-    #[cfg(not(target_os = "linux"))]
-    let synced = fsync_each(&files, &dirs, &io_err);
-    synced
-}
-
-/// [`sync_files`] elsewhere: an fsync of each file, then of each directory.
-#[cfg(not(target_os = "linux"))]
-fn fsync_each(
-    files: &[(std::path::PathBuf, std::fs::File)],
-    dirs: &std::collections::BTreeSet<std::path::PathBuf>,
-    io_err: &dyn Fn(&std::path::Path, std::io::Error) -> StoreError,
-) -> Result<()> {
-    for (path, f) in files {
-        f.sync_all().map_err(|e| io_err(path, e))?;
-        crate::bulk::drop_cached(f);
     }
     for d in dirs {
         std::fs::File::open(d)

@@ -37,6 +37,23 @@ pub fn small_store(dir: &std::path::Path) -> Store {
     .unwrap()
 }
 
+/// The config of a store whose garbage is collected at once: `CHUNK`-sized chunks, 4 entries
+/// per index page, no fsync, no GC grace (retention tests see their garbage go).
+pub fn collecting_config() -> StoreConfig {
+    StoreConfig {
+        chunk_size: CHUNK,
+        page_entries: 4,
+        fsync: false,
+        gc_grace: std::time::Duration::ZERO,
+        ..StoreConfig::default()
+    }
+}
+
+/// A store at `path` with [`collecting_config`].
+pub fn collecting_store(path: &std::path::Path) -> Store {
+    Store::open_with(path.to_str().unwrap(), collecting_config()).unwrap()
+}
+
 /// Seeds `disks` (their whole content) as `vm`'s first point and opens a journal sealing at
 /// `segment_bytes`, with a shipper into the same store.
 pub async fn rig(vm: &VmId, disks: &[Vec<u8>], segment_bytes: u64) -> Rig {
