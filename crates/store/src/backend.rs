@@ -451,7 +451,7 @@ fn fsync_each(
             dir = d.parent();
         }
     }
-    for d in dirs {
+    for d in &dirs {
         std::fs::File::open(d)
             .and_then(|f| f.sync_all())
             .map_err(|e| io_err(d, e))?;
